@@ -1,0 +1,71 @@
+"""The one place where StreamFlow's configuration and its defaults live.
+
+Every value can be set with an environment variable prefixed ``STREAMFLOW_`` (for example
+``STREAMFLOW_DATABASE_URL``) or in a ``.env`` file in the working directory.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMFLOW_", env_file=".env", extra="ignore")
+
+    state_dir: Path = Field(
+        default=Path(".streamflow"),
+        description="Folder for the embedded PostgreSQL, Feast repo config, MLflow artifacts and reports.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="External PostgreSQL URL (postgresql://user@host:port/db). Unset: embedded server.",
+    )
+    database_name: str = Field(default="streamflow", description="Database used on the embedded server.")
+    embedded_pg_dir: Path | None = Field(
+        default=None, description="Embedded server's data folder (<state_dir>/pg)."
+    )
+    db_connect_timeout_s: int = Field(default=5, ge=1, description="Timeout for opening a connection.")
+    db_statement_timeout_s: int = Field(default=600, ge=1, description="Timeout for one SQL statement.")
+
+    online_store: Literal["postgres", "redis"] = "postgres"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="Overrides the tracking store; MLflow's own MLFLOW_TRACKING_URI wins over it.",
+    )
+    model_name: str = "streamflow_churn"
+    production_alias: str = "production"
+    promotion_margin: float = Field(default=0.01, ge=0, description="ROC-AUC a candidate must gain.")
+    seed: int = 42
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    admin_token: SecretStr | None = None
+    feature_max_age_days: int = Field(default=62, ge=1, description="Older online features are stale.")
+
+    @property
+    def pg_dir(self) -> Path:
+        return (self.embedded_pg_dir or self.state_dir / "pg").resolve()
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.state_dir.resolve() / "mlartifacts"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.state_dir.resolve() / "feast"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.state_dir.resolve() / "reports"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

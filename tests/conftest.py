@@ -1,0 +1,106 @@
+"""Shared fixtures: throwaway databases on the embedded server and, when
+``STREAMFLOW_TEST_DATABASE_URL`` is set, on that external server too.
+
+Every test database is created here with a unique name and dropped afterwards; shared databases
+are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from psycopg import sql
+
+from streamflow import db
+from streamflow.settings import Settings
+
+# The real exports live in ../shared beside the checkout (never copied into the repository).
+SEEDS = Path(
+    os.environ.get("STREAMFLOW_SEEDS_DIR", Path(__file__).resolve().parents[2] / "shared/data/seeds")
+)
+MONTHS = {"2024-01-31": SEEDS / "month_000", "2024-02-29": SEEDS / "month_001"}
+EXTERNAL_URL = os.environ.get("STREAMFLOW_TEST_DATABASE_URL")
+BACKENDS = ["embedded", *(["external"] if EXTERNAL_URL else [])]
+
+
+def require_seeds() -> None:
+    if not SEEDS.is_dir():
+        pytest.skip(f"real StreamFlow exports not found at {SEEDS}")
+
+
+@pytest.fixture(scope="session")
+def embedded_pg_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    pg_dir = tmp_path_factory.mktemp("embedded") / "pg"
+    settings = Settings(embedded_pg_dir=pg_dir)
+    db.start_embedded(settings)
+    yield pg_dir
+    db.stop_embedded(settings)
+
+
+def _drop(settings: Settings) -> None:
+    t = db.target(settings)
+    with db.connect(t.with_db("postgres"), settings, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(t.dbname)))
+
+
+@pytest.fixture(scope="session")
+def settings_factory(
+    embedded_pg_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[str], Settings]]:
+    """Settings for a fresh, empty database on the given backend ("embedded" or "external")."""
+    made: list[Settings] = []
+
+    def make(backend: str) -> Settings:
+        name = f"sf_test_{uuid.uuid4().hex[:10]}"
+        state = tmp_path_factory.mktemp(name)
+        if backend == "external":
+            assert EXTERNAL_URL
+            url = db.PgTarget.from_url(EXTERNAL_URL).with_db(name)
+            settings = Settings(state_dir=state, database_url=_url(url))
+        else:
+            settings = Settings(state_dir=state, embedded_pg_dir=embedded_pg_dir, database_name=name)
+        made.append(settings)
+        return settings
+
+    yield make
+    for settings in made:
+        _drop(settings)
+
+
+def _url(t: db.PgTarget) -> str:
+    auth = t.user + (f":{t.password}" if t.password else "")
+    return f"postgresql://{auth}@{t.host}:{t.port}/{t.dbname}"
+
+
+@pytest.fixture(params=BACKENDS)
+def fresh_settings(request: pytest.FixtureRequest, settings_factory: Callable[[str], Settings]) -> Settings:
+    """An empty database per test, on each backend."""
+    return settings_factory(request.param)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def ingested(request: pytest.FixtureRequest, settings_factory: Callable[[str], Settings]) -> Settings:
+    """A database holding both real months (read-only for tests: they must leave it as they found it)."""
+    from streamflow.data.ingest import ingest_month
+
+    require_seeds()
+    settings = settings_factory(request.param)
+    for as_of, folder in MONTHS.items():
+        ingest_month(folder, as_of, settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def stack_settings(settings_factory: Callable[[str], Settings]) -> Settings:
+    """One embedded database with both real months, shared by the feature-store/training/serving tests."""
+    from streamflow.data.ingest import ingest_month
+
+    require_seeds()
+    settings = settings_factory("embedded")
+    for as_of, folder in MONTHS.items():
+        ingest_month(folder, as_of, settings)
+    return settings
