@@ -102,3 +102,132 @@ def ingest(
         + ", ".join(f"{k} {v:,}" for k, v in result.row_counts.items())
         + f" ({rows / result.seconds:,.0f} rows/s)"
     )
+
+
+@data_app.command("generate")
+def data_generate(
+    out: Annotated[Path, typer.Argument(help="Folder to write month_000, month_001, ... into.")],
+    users: Annotated[int, typer.Option(min=1, help="Subscribers in the first month.")] = 7043,
+    months: Annotated[int, typer.Option(min=1, help="How many months.")] = 2,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 42,
+    start: Annotated[str, typer.Option(help="as_of of the first month (a month end).")] = "2024-01-31",
+) -> None:
+    """Write realistic synthetic months that satisfy the export contract."""
+    from streamflow.data.generate import generate_months
+
+    try:
+        written = generate_months(
+            out, users=users, months=months, seed=seed, start=parse_date(start, "--start"), progress=True
+        )
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+    for folder, as_of in written:
+        console.print(f"{folder}  as_of {as_of}")
+
+
+features_app = typer.Typer(help="The Feast feature store.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+
+
+@features_app.command("apply")
+def features_apply() -> None:
+    """Register the entity, feature views and feature services (idempotent)."""
+    from streamflow.features.store import apply
+
+    apply(get_settings())
+    console.print("feature store applied")
+
+
+@features_app.command("materialize")
+def features_materialize(as_of: AsOf) -> None:
+    """Load the latest snapshot at or before AS_OF into the online store."""
+    from streamflow.features.store import materialize
+
+    result = materialize(get_settings(), parse_date(as_of))
+    console.print(f"materialized as of {as_of}: {result}")
+
+
+@app.command()
+def train(
+    as_of: AsOf,
+    model: Annotated[
+        str, typer.Option(help="baseline (course random forest) or a candidate type.")
+    ] = "baseline",
+    seed: Annotated[int | None, typer.Option(help="Random seed (default from settings).")] = None,
+    feature_service: Annotated[str | None, typer.Option(help="Feast FeatureService to train on.")] = None,
+    label_horizon: Annotated[int, typer.Option(min=0, help="Predict churn K months after AS_OF.")] = 0,
+) -> None:
+    """Train at AS_OF, log the run to MLflow and register a new model version."""
+    from streamflow.features.definitions import DEFAULT_FEATURE_SERVICE
+    from streamflow.training.train import train_model
+
+    result = train_model(
+        parse_date(as_of),
+        model,
+        seed,
+        feature_service or DEFAULT_FEATURE_SERVICE,
+        label_horizon,
+        get_settings(),
+    )
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+    console.print(
+        f"registered version {result.version} ({result.model_type} on {result.feature_service}), "
+        f"threshold {result.threshold:.3f}: {metrics}"
+    )
+
+
+@app.command()
+def promote(
+    version: Annotated[int | None, typer.Option(help="Version to promote.")] = None,
+    best: Annotated[
+        bool, typer.Option("--best", help="Promote the best version of the latest as_of.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Skip the gate.")] = False,
+) -> None:
+    """Give the production alias to a version if it passes the gate."""
+    from streamflow.registry import PromotionError
+    from streamflow.registry import promote as do_promote
+
+    try:
+        decision = do_promote(get_settings(), version=version, best=best, force=force)
+    except PromotionError as exc:
+        raise fail(str(exc), 2) from None
+    verb = "[green]promoted[/]" if decision.promoted else "[yellow]kept production[/]"
+    console.print(f"{verb} version {decision.version}: {decision.reason}")
+    if not decision.promoted:
+        raise typer.Exit(4)
+
+
+@app.command()
+def rollback() -> None:
+    """Give the production alias back to the previous production version."""
+    from streamflow.registry import PromotionError
+    from streamflow.registry import rollback as do_rollback
+
+    try:
+        decision = do_rollback(get_settings())
+    except PromotionError as exc:
+        raise fail(str(exc), 2) from None
+    console.print(f"production is version {decision.version} again ({decision.reason})")
+
+
+@app.command()
+def models() -> None:
+    """List the registered versions, their hold-out metrics and which one is in production."""
+    from rich.table import Table
+
+    from streamflow.registry import list_versions
+
+    table = Table("version", "model", "features", "as_of", "roc_auc", "threshold", "aliases", "created")
+    for row in list_versions(get_settings()):
+        table.add_row(
+            str(row.version),
+            row.model_type,
+            row.feature_service,
+            row.as_of,
+            f"{row.roc_auc:.4f}",
+            f"{row.threshold:.3f}",
+            ", ".join(row.aliases),
+            row.created,
+        )
+    console.print(table)

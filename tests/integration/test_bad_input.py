@@ -114,7 +114,7 @@ CASES: list[tuple[str, Mutation, str, str]] = [
         "truncated-row",
         edit("subscriptions.csv", 5, lambda t: t[:15]),
         "2024-01-31",
-        r"subscriptions\.csv: column 'contract_type': must not be blank .*line 5",
+        r"subscriptions\.csv: malformed CSV: 1 row\(s\) with a wrong number of fields: line 5: 3 fields, header has 9",
     ),
     (
         "non-utf8",
@@ -138,7 +138,7 @@ CASES: list[tuple[str, Mutation, str, str]] = [
         "too-many-fields",
         edit("payments_agg_90d.csv", 7, lambda t: t + ",9"),
         "2024-01-31",
-        r"payments_agg_90d\.csv: malformed CSV: .*line 7",
+        r"payments_agg_90d\.csv: malformed CSV: 1 row\(s\) with a wrong number of fields: line 7: 3 fields, header has 2",
     ),
     (
         "three-decimals",

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow as pa_arrow
+import pyarrow.compute as pc
+from pyarrow import csv as pa_csv
 
 from streamflow.data.contracts import CONTRACTS, ID_PATTERN, SUBSCRIPTIONS, USERS, Col, FileContract, Kind
 
@@ -80,39 +83,61 @@ def parse_as_of(value: str | date) -> date:
         raise ContractError("as_of", [Violation("--as-of", f"'{value}' is not a date YYYY-MM-DD")]) from None
 
 
+def _arrow(series: pd.Series) -> pa_arrow.Array:
+    return pa_arrow.array(series)
+
+
+def _mask(series: pd.Series, result: pa_arrow.Array) -> pd.Series:
+    """A pandera check result: True where the value passes (nulls are pandera's nullable check's job)."""
+    return pd.Series(pc.fill_null(result, True).to_numpy(zero_copy_only=False), index=series.index)
+
+
+def _matches(pattern: str):
+    return lambda s: _mask(s, pc.match_substring_regex(_arrow(s), pattern))
+
+
+def _one_of(values: tuple[str, ...]):
+    return lambda s: _mask(s, pc.is_in(_arrow(s), value_set=pa_arrow.array(values)))
+
+
+def _real_date(s: pd.Series) -> pd.Series:
+    arr = _arrow(s)
+    shaped = pc.match_substring_regex(arr, _PATTERNS[Kind.DATE][0])
+    candidates = pc.if_else(shaped, arr, "2000-01-01")
+    parsed = pc.strptime(candidates, format="%Y-%m-%d", unit="s", error_is_null=True)
+    # strptime rolls 2022-02-30 over to 2022-03-02: a real date is one that prints back unchanged.
+    real = pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), candidates)
+    return _mask(s, pc.or_(pc.invert(shaped), real))
+
+
+def _within(kind: Kind, lo: float, hi: float):
+    def check(s: pd.Series) -> pd.Series:
+        # Values that are not numbers fail the format check, not this one.
+        arr = _arrow(s)
+        shaped = pc.match_substring_regex(arr, _PATTERNS[kind][0])
+        numbers = pc.cast(pc.if_else(shaped, arr, "0"), pa_arrow.float64())
+        inside = pc.and_(pc.greater_equal(numbers, lo), pc.less_equal(numbers, hi))
+        return _mask(s, pc.or_(pc.invert(shaped), inside))
+
+    return check
+
+
 def _checks(col: Col) -> list[pa.Check]:
+    """Vectorised (pyarrow compute) checks: a million-row month validates in seconds."""
     checks: list[pa.Check] = []
     if col.kind in _PATTERNS:
         pattern, what = _PATTERNS[col.kind]
-        checks.append(pa.Check.str_matches(pattern, error=f"must be {what}"))
+        checks.append(pa.Check(_matches(pattern), error=f"must be {what}"))
     if col.kind is Kind.BOOL:
-        checks.append(pa.Check.isin(["True", "False"], error="must be True or False"))
+        checks.append(pa.Check(_one_of(("True", "False")), error="must be True or False"))
     if col.kind is Kind.CATEGORY:
-        checks.append(
-            pa.Check.isin(list(col.categories), error=f"must be one of {', '.join(col.categories)}")
-        )
+        checks.append(pa.Check(_one_of(col.categories), error=f"must be one of {', '.join(col.categories)}"))
     if col.kind is Kind.DATE:
-        checks.append(
-            pa.Check(
-                lambda s: (
-                    pd.to_datetime(s, format="%Y-%m-%d", errors="coerce").notna() | ~s.str.match(r"^\d")
-                ),
-                error="must be a real calendar date",
-            )
-        )
+        checks.append(pa.Check(_real_date, error="must be a real calendar date"))
     if col.min is not None or col.max is not None:
         lo = col.min if col.min is not None else float("-inf")
         hi = col.max if col.max is not None else float("inf")
-        # Values that are not numbers fail the format check above, not this one.
-        checks.append(
-            pa.Check(
-                lambda s, lo=lo, hi=hi: (
-                    pd.to_numeric(s, errors="coerce").between(lo, hi)
-                    | pd.to_numeric(s, errors="coerce").isna()
-                ),
-                error=f"must be between {lo:g} and {hi:g}",
-            )
-        )
+        checks.append(pa.Check(_within(col.kind, lo, hi), error=f"must be between {lo:g} and {hi:g}"))
     return checks
 
 
@@ -144,15 +169,42 @@ def _read(path: Path, contract: FileContract, problems: list[Violation]) -> tupl
     if not text.strip():
         problems.append(Violation(name, "file is empty (expected a header row and data rows)"))
         return None
+    bad_rows: list[str] = []
+
+    def invalid_row(row: pa_csv.InvalidRow) -> str:
+        # row.number counts the header as row 1, like our line numbers.
+        bad_rows.append(f"line {row.number}: {row.actual_columns} fields, header has {row.expected_columns}")
+        return "skip"
+
     try:
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
-    except pd.errors.ParserError as exc:
-        problems.append(Violation(name, f"malformed CSV: {exc}".strip()))
+        table = pa_csv.read_csv(
+            io.BytesIO(data),
+            parse_options=pa_csv.ParseOptions(invalid_row_handler=invalid_row),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=_all_strings(data), strings_can_be_null=True, null_values=[""]
+            ),
+            read_options=pa_csv.ReadOptions(use_threads=False),  # keeps invalid-row numbers exact
+        )
+    except pa_arrow.ArrowInvalid as exc:
+        problems.append(Violation(name, f"malformed CSV: {exc}"))
         return None
+    if bad_rows:
+        shown = "; ".join(bad_rows[:MAX_EXAMPLES])
+        problems.append(
+            Violation(name, f"malformed CSV: {len(bad_rows)} row(s) with a wrong number of fields: {shown}")
+        )
+        return None
+    frame = table.to_pandas(types_mapper=lambda _: pd.StringDtype("pyarrow"))
     if frame.empty:
         problems.append(Violation(name, "has a header but no data rows"))
         return None
     return data, frame
+
+
+def _all_strings(data: bytes) -> dict[str, pa_arrow.DataType]:
+    """Read every column as text: types are the contract's to check, not the CSV reader's to guess."""
+    header = data.split(b"\n", 1)[0].decode("utf-8-sig").strip().split(",")
+    return {name.strip('"'): pa_arrow.string() for name in header}
 
 
 def _example(frame: pd.DataFrame, index: object, value: object) -> str:
@@ -188,8 +240,9 @@ def _schema_violations(err: pa.errors.SchemaErrors, frame: pd.DataFrame, name: s
     return out
 
 
-def _id_violations(frame: pd.DataFrame, name: str, known: set[str], rule: str) -> list[Violation]:
-    unknown = frame.index[~frame["user_id"].isin(known) & frame["user_id"].notna()]
+def _id_violations(frame: pd.DataFrame, name: str, known: pa_arrow.Array, rule: str) -> list[Violation]:
+    ids = _arrow(frame["user_id"])
+    unknown = frame.index[pc.invert(pc.is_in(ids, value_set=known)).to_numpy(zero_copy_only=False)]
     if not len(unknown):
         return []
     examples = tuple(_example(frame, i, frame.at[i, "user_id"]) for i in unknown[:MAX_EXAMPLES])
@@ -249,7 +302,7 @@ def validate_month(month_dir: Path | str, as_of: str | date) -> ValidMonth:
                     examples,
                 )
             )
-        known = set(users["user_id"])
+        known = _arrow(users["user_id"])
         for table, frame in frames.items():
             if table != USERS.table:
                 problems.extend(

@@ -1,0 +1,214 @@
+"""The Feast store on a real PostgreSQL (and Redis): apply, materialize, online reads.
+
+The expected values are read from the month CSVs, so "equal" means equal to what was exported.
+"""
+
+from __future__ import annotations
+
+import csv
+import uuid
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from feast import FeatureStore
+from feast.types import Bool, Int64, String
+
+from streamflow import db
+from streamflow.data.ingest import ingest_month
+from streamflow.features.definitions import FEATURE_SERVICES, FEATURE_TTL, FEATURE_VIEWS, feature_spec
+from streamflow.features.store import (
+    NoSnapshotError,
+    apply,
+    feature_store,
+    last_materialization,
+    materialize,
+    online_features,
+    plan_materialization,
+)
+from streamflow.settings import Settings
+from tests.conftest import MONTHS
+
+JAN, FEB = date(2024, 1, 31), date(2024, 2, 29)
+USER = "7590-VHVEG"
+NO_INTERNET_USER = "7469-LKBCI"  # net_service "No": plan_stream_* are blank in the CSV
+USERS = 7043
+DTYPES = {f.name: f.dtype for fv in FEATURE_VIEWS for f in fv.features}
+
+
+def _parse(name: str, raw: str) -> Any:
+    if raw == "":
+        return None
+    dtype = DTYPES[name]
+    if dtype == Bool:
+        return {"True": True, "False": False}[raw]
+    if dtype == Int64:
+        return int(raw)
+    if dtype == String:
+        return raw
+    return float(raw)
+
+
+def expected(month_dir: Path, user_id: str) -> dict[str, Any]:
+    """Every feature of ``user_id`` as exported in ``month_dir``, typed like Feast serves it."""
+    out: dict[str, Any] = {}
+    for path in month_dir.glob("*.csv"):
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                if row["user_id"] == user_id:
+                    out.update({k: _parse(k, v) for k, v in row.items() if k in DTYPES})
+                    break
+    return out
+
+
+@pytest.fixture(scope="module")
+def store(stack_settings: Settings) -> FeatureStore:
+    store = feature_store(stack_settings)
+    apply(stack_settings, store)
+    return store
+
+
+def online(store: FeatureStore, user_id: str, service: str = "churn_v1") -> dict[str, Any]:
+    [row] = online_features(store, [user_id], service)
+    assert row["user_id"] == user_id
+    return row
+
+
+def test_apply_is_idempotent_and_config_has_no_secrets(stack_settings: Settings, store: FeatureStore) -> None:
+    again = apply(stack_settings, store)
+    assert again.deleted == []
+    assert sorted(v.name for v in store.list_feature_views()) == sorted(v.name for v in FEATURE_VIEWS)
+    assert sorted(s.name for s in store.list_feature_services()) == sorted(FEATURE_SERVICES)
+    assert len(store.get_feature_service("churn_v1").feature_view_projections) == 4
+    assert store.config.registry.registry_type == "sql"
+    assert store.config.offline_store.sslmode == "disable"  # local socket: Feast's "require" would hang
+
+    yaml_text = (stack_settings.feast_dir / "feature_store.yaml").read_text()
+    assert "registry_type: sql" in yaml_text
+    assert "sslmode: disable" in yaml_text
+    assert "project: streamflow" in yaml_text
+
+
+def test_materialize_serves_the_snapshot_and_is_idempotent(
+    stack_settings: Settings, store: FeatureStore
+) -> None:
+    # force: other modules share this database and may have materialized already.
+    first = materialize(stack_settings, JAN, store, force=True)
+    assert (first.snapshot_as_of, first.plan.reason) == (JAN, "force")
+    assert first.plan.window_end == datetime(2024, 1, 31, tzinfo=UTC)  # as_of_ts is midnight UTC: included
+    assert (first.rows, first.users) == (len(FEATURE_VIEWS) * USERS, USERS)
+
+    row = online(store, USER)
+    want = expected(MONTHS["2024-01-31"], USER)
+    assert row["found"] and row["missing"] == []
+    assert row["features"] == {n: want[n] for n in feature_spec().names}
+    assert row["features"]["monthly_fee"] == 29.85 and type(row["features"]["monthly_fee"]) is float
+    assert row["features"]["watch_hours_30d"] == 24.483650766787413
+    assert row["features"]["plan_stream_tv"] is False and row["features"]["plan_stream_movies"] is False
+    assert row["event_timestamp"] == datetime(2024, 1, 31, tzinfo=UTC)
+    wide = online(store, USER, "churn_v2")["features"]
+    assert wide == {n: want[n] for n in feature_spec("churn_v2").names}
+
+    no_internet = online(store, NO_INTERNET_USER)
+    assert no_internet["found"]
+    assert no_internet["features"]["plan_stream_tv"] is None
+    assert no_internet["features"]["plan_stream_movies"] is None
+
+    # Same as_of again, or a later date with no newer snapshot: nothing to write, same values.
+    for as_of in (JAN, date(2024, 2, 15)):
+        again = materialize(stack_settings, as_of, store)
+        assert (again.snapshot_as_of, again.plan.reason, again.rows) == (JAN, "current", 0)
+    assert online(store, USER) == row
+    recorded = last_materialization(stack_settings, store)
+    assert recorded is not None and recorded.snapshot_as_of == JAN and recorded.rows == first.rows
+
+
+def test_online_decimals_equal_stored_values(stack_settings: Settings, store: FeatureStore) -> None:
+    """numeric(12, 2) fees are served as the closest float to the stored decimal (45.05, not
+    45.050000000000004 as Arrow's decimal cast inside Feast's PostgreSQL store would give)."""
+    materialize(stack_settings, JAN, store)
+    with (MONTHS["2024-01-31"] / "subscriptions.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))[:500]
+    fees = {r["user_id"]: r["monthly_fee"] for r in rows}
+    assert any(pa.array([Decimal(v)]).cast(pa.float64())[0].as_py() != float(v) for v in fees.values())
+    served = {r["user_id"]: r["features"]["monthly_fee"] for r in online_features(store, list(fees))}
+    assert served == {u: float(v) for u, v in fees.items()}
+
+
+def test_materialize_is_incremental_and_can_go_back(stack_settings: Settings, store: FeatureStore) -> None:
+    materialize(stack_settings, JAN, store)  # no-op when the previous test ran
+    jan = expected(MONTHS["2024-01-31"], USER)
+    feb = expected(MONTHS["2024-02-29"], USER)
+    assert jan["watch_hours_30d"] != feb["watch_hours_30d"]
+
+    # February arrives after January was materialized (same data again: the shared database stays as is).
+    ingest_month(MONTHS["2024-02-29"], FEB, stack_settings)
+    step = materialize(stack_settings, FEB, store)
+    assert (step.snapshot_as_of, step.plan.reason) == (FEB, "incremental")
+    assert step.plan.window_start > datetime(2024, 1, 31, tzinfo=UTC)  # only what January did not load
+    assert (step.rows, step.users) == (len(FEATURE_VIEWS) * USERS, USERS)
+    row = online(store, USER)
+    assert row["features"] == {n: feb[n] for n in feature_spec().names}
+    assert row["event_timestamp"] == datetime(2024, 2, 29, tzinfo=UTC)
+    assert materialize(stack_settings, FEB, store).plan.reason == "current"
+
+    # A month the online store already reflects is ingested again: the next run reloads the window.
+    ingest_month(MONTHS["2024-01-31"], JAN, stack_settings)
+    plan = plan_materialization(stack_settings, FEB, store)
+    assert (plan.reason, plan.window_start) == ("reingested", datetime(2024, 2, 29, tzinfo=UTC) - FEATURE_TTL)
+
+    back = materialize(stack_settings, JAN, store)  # an earlier as_of is served again
+    assert (back.snapshot_as_of, back.plan.reason) == (JAN, "rollback")
+    assert online(store, USER)["features"]["watch_hours_30d"] == jan["watch_hours_30d"]
+
+
+def test_unknown_user_is_not_found(store: FeatureStore) -> None:
+    row = online(store, "0000-NOBODY")
+    assert row["found"] is False
+    assert set(row["features"].values()) == {None}
+    assert row["missing"] == list(row["features"])
+    assert row["event_timestamp"] is None
+    assert online_features(store, []) == []
+
+
+def test_materialize_before_any_snapshot_says_what_exists(
+    stack_settings: Settings, store: FeatureStore
+) -> None:
+    with pytest.raises(NoSnapshotError, match=r"2023-12-31.*2024-01-31, 2024-02-29"):
+        materialize(stack_settings, date(2023, 12, 31), store)
+
+
+def test_redis_online_store(stack_settings: Settings) -> None:
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    settings = stack_settings.model_copy(
+        update={"online_store": "redis", "redis_url": "redis://127.0.0.1:6379/0"}
+    )
+    # A project of its own: Redis keys end with the project name, so nothing else is touched.
+    project = f"sf_test_{uuid.uuid4().hex[:10]}"
+    store = feature_store(settings, project=project)
+    try:
+        apply(settings, store)
+        result = materialize(settings, JAN, store)
+        assert (result.users, result.plan.reason) == (USERS, "first")
+        row = online(store, USER)
+        want = expected(MONTHS["2024-01-31"], USER)
+        assert row["features"] == {n: want[n] for n in feature_spec().names}
+        assert online(store, "0000-NOBODY")["found"] is False
+        assert last_materialization(settings, store).online_store == "redis://127.0.0.1:6379/0"
+    finally:
+        keys = list(client.scan_iter(match=b"*" + project.encode()))
+        if keys:
+            client.delete(*keys)
+        # Not store.teardown(): Feast's teardown deletes every project of the (shared) registry.
+        store.registry.delete_project(project)
+        with db.connect(db.target(settings), settings, autocommit=True) as conn:
+            conn.execute("DELETE FROM materializations WHERE project = %s", (project,))
+    assert not list(client.scan_iter(match=b"*" + project.encode()))
