@@ -231,3 +231,40 @@ def models() -> None:
             row.created,
         )
     console.print(table)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default STREAMFLOW_API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default STREAMFLOW_API_PORT).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Serve the prediction API (uvicorn with uvloop and httptools)."""
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(
+        "streamflow.serving.app:create_app",
+        factory=True,
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="info",
+    )
+
+
+@app.command("mlflow-ui")
+def mlflow_ui(
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 5000,
+) -> None:
+    """Serve the MLflow UI over StreamFlow's tracking store and artifacts."""
+    import os
+
+    from streamflow.training.tracking import mlflow_server_command
+
+    command = mlflow_server_command(get_settings(), host, port)
+    os.execvp(command[0], command)

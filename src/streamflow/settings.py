@@ -47,7 +47,14 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     admin_token: SecretStr | None = None
-    feature_max_age_days: int = Field(default=62, ge=1, description="Older online features are stale.")
+    feature_max_age_days: int = Field(
+        default=62,
+        ge=1,
+        description="Online features this much older than the last materialization are stale.",
+    )
+    model_poll_interval_s: float = Field(default=2.0, gt=0, description="How often the API checks the alias.")
+    online_timeout_s: float = Field(default=2.0, gt=0, description="Budget for one online-store read.")
+    predict_batch_max: int = Field(default=1000, ge=1, description="Most user ids in one /predict/batch.")
 
     @property
     def pg_dir(self) -> Path:

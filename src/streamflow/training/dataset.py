@@ -1,0 +1,220 @@
+"""Point-in-time training sets: who existed at ``as_of``, what Feast knew about them at ``as_of``, and
+whether they churned (the labels of ``as_of``, or of the snapshot ``label_horizon`` months later).
+
+Features come from Feast's ``get_historical_features`` on a FeatureService, so a value dated after an
+entity row's timestamp can never leak into that row. Rows are sorted by user_id and the frame has a
+fingerprint, so two builds of the same data are byte-for-byte the same training set.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import pandas as pd
+import psycopg
+from feast import FeatureStore
+from feast.types import Bool, Int64, String
+from psycopg import sql
+
+from streamflow import db
+from streamflow.features.definitions import (
+    DEFAULT_FEATURE_SERVICE,
+    FEATURE_SERVICES,
+    FEATURE_VIEWS,
+    feature_spec,
+)
+from streamflow.features.store import NoSnapshotError, feature_store, snapshot_dates
+from streamflow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LABEL = "churn_label"
+ENTITY_TS = "event_timestamp"
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """``frame`` columns: user_id, event_timestamp (datetime64[ns, UTC]), the service's features in
+    service order (Int64 / float64 / nullable boolean / object str, nulls kept), churn_label (int64 0/1)."""
+
+    frame: pd.DataFrame = field(repr=False)
+    as_of: date
+    label_as_of: date
+    service: str
+    features: tuple[str, ...]
+    fingerprint: str
+    seconds: float
+
+    @property
+    def rows(self) -> int:
+        return len(self.frame)
+
+    @property
+    def positives(self) -> int:
+        return int(self.frame[LABEL].sum())
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-ready description, e.g. for MLflow params/tags."""
+        return {
+            "as_of": self.as_of.isoformat(),
+            "label_as_of": self.label_as_of.isoformat(),
+            "label_horizon_months": _months_between(self.as_of, self.label_as_of),
+            "service": self.service,
+            "rows": self.rows,
+            "positives": self.positives,
+            "features": list(self.features),
+            "fingerprint": self.fingerprint,
+        }
+
+
+def label_dates(settings: Settings) -> list[date]:
+    """Every as_of with labels, oldest first."""
+    with db.connect(db.target(settings), settings) as conn:
+        return [r[0] for r in conn.execute("SELECT DISTINCT as_of FROM labels ORDER BY as_of")]
+
+
+def available_as_of(settings: Settings) -> list[date]:
+    """The as_of dates a training set can be built at (label_horizon 0): a snapshot and its labels."""
+    return sorted(set(snapshot_dates(settings)) & set(label_dates(settings)))
+
+
+def add_months(d: date, months: int) -> date:
+    """``d`` plus ``months`` calendar months; a month end stays a month end (2024-01-31 -> 2024-02-29)."""
+    y, m = divmod(d.month - 1 + months, 12)
+    year, month = d.year + y, m + 1
+    last = calendar.monthrange(year, month)[1]
+    month_end = d.day == calendar.monthrange(d.year, d.month)[1]
+    return date(year, month, last if month_end else min(d.day, last))
+
+
+def _months_between(a: date, b: date) -> int:
+    return (b.year - a.year) * 12 + b.month - a.month
+
+
+def _entity_sql(as_of: date, label_as_of: date) -> str:
+    # Literal dates (ISO from date objects: nothing to inject), as Feast runs the SQL text itself.
+    return (
+        f"SELECT s.user_id, s.as_of_ts AS {ENTITY_TS}, l.churn_label::int AS {LABEL}"
+        " FROM user_snapshots s JOIN labels l ON l.user_id = s.user_id"
+        f" AND l.as_of = DATE '{label_as_of.isoformat()}'"
+        f" WHERE s.as_of = DATE '{as_of.isoformat()}'"
+    )
+
+
+def _ensure_statistics(settings: Settings) -> None:
+    """ANALYZE the tables the point-in-time query reads if they changed since their last ANALYZE.
+
+    Without statistics (right after an ingest, before autovacuum wakes up) PostgreSQL plans Feast's
+    query with nested loops: ~40 s instead of ~1 s for 7,043 users. ANALYZE of these tables costs
+    milliseconds; a role that may not run it just gets the slower plan.
+    """
+    tables = [fv.batch_source.get_table_query_string() for fv in FEATURE_VIEWS] + ["labels"]
+    with db.connect(db.target(settings), settings, autocommit=True) as conn:
+        stale = [
+            r[0]
+            for r in conn.execute(
+                "SELECT relname FROM pg_stat_user_tables WHERE schemaname = 'public' AND relname = ANY(%s)"
+                " AND (n_mod_since_analyze > 0 OR coalesce(last_analyze, last_autoanalyze) IS NULL)",
+                (tables,),
+            )
+        ]
+        for table in stale:
+            try:
+                conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+            except psycopg.errors.InsufficientPrivilege:
+                log.warning("cannot ANALYZE %s: the training-set query may be slow", table)
+
+
+def _dtypes(service: str) -> dict[str, str]:
+    service_obj = FEATURE_SERVICES[service]
+    out = {}
+    for projection in service_obj.feature_view_projections:
+        for f in projection.features:
+            if f.dtype == Int64:
+                out[f.name] = "Int64"
+            elif f.dtype == Bool:
+                out[f.name] = "boolean"
+            elif f.dtype == String:
+                out[f.name] = "object"
+            else:
+                out[f.name] = "float64"
+    return out
+
+
+def normalise(frame: pd.DataFrame, service: str) -> pd.DataFrame:
+    """Feast's frame in canonical form: UTC timestamps, explicit dtypes, fixed column and row order."""
+    names = list(feature_spec(service).names)
+    df = frame[["user_id", ENTITY_TS, *names, LABEL]].copy()
+    ts = pd.to_datetime(df[ENTITY_TS])
+    # Feast's PostgreSQL offline store returns naive timestamps that are in fact UTC.
+    ts = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
+    df[ENTITY_TS] = ts.astype("datetime64[ns, UTC]")
+    for name, dtype in _dtypes(service).items():
+        if dtype == "object":
+            df[name] = df[name].astype(object).where(df[name].notna(), None)
+        else:
+            df[name] = df[name].astype(dtype)
+    df[LABEL] = df[LABEL].astype("int64")
+    df["user_id"] = df["user_id"].astype(object)
+    return df.sort_values(["user_id", ENTITY_TS], kind="mergesort").reset_index(drop=True)
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """sha256 over column names, dtypes and a CSV rendering (floats at full precision, ISO times)."""
+    h = hashlib.sha256()
+    h.update(json.dumps([[c, str(t)] for c, t in frame.dtypes.items()]).encode())
+    h.update(b"\n")
+    body = frame.to_csv(index=False, lineterminator="\n", na_rep="", date_format="%Y-%m-%dT%H:%M:%S.%f%z")
+    h.update(body.encode())
+    return h.hexdigest()
+
+
+def training_set(
+    settings: Settings,
+    as_of: date,
+    service: str = DEFAULT_FEATURE_SERVICE,
+    label_horizon: int = 0,
+    store: FeatureStore | None = None,
+) -> TrainingSet:
+    """Users of the snapshot at ``as_of`` with their features at ``as_of`` and the labels of the snapshot
+    ``label_horizon`` months later (users absent from that snapshot are left out)."""
+    t0 = time.perf_counter()
+    if label_horizon < 0:
+        raise ValueError(f"label_horizon must be >= 0, got {label_horizon}")
+    spec = feature_spec(service)  # raises on an unknown service
+    snapshots = snapshot_dates(settings)
+    if as_of not in snapshots:
+        raise NoSnapshotError(f"no snapshot at as_of {as_of.isoformat()}", snapshots)
+    label_as_of = add_months(as_of, label_horizon)
+    labelled = label_dates(settings)
+    if label_as_of not in labelled:
+        raise NoSnapshotError(
+            f"no labels at {label_as_of.isoformat()} (as_of {as_of.isoformat()} + {label_horizon} months)",
+            labelled,
+        )
+    store = store or feature_store(settings)
+    _ensure_statistics(settings)
+    with warnings.catch_warnings():
+        # Feast reads the entity query's schema with pandas on a raw psycopg connection.
+        warnings.filterwarnings("ignore", message="pandas only supports SQLAlchemy", category=UserWarning)
+        job = store.get_historical_features(
+            entity_df=_entity_sql(as_of, label_as_of), features=store.get_feature_service(service)
+        )
+        frame = normalise(job.to_df(), service)
+    return TrainingSet(
+        frame=frame,
+        as_of=as_of,
+        label_as_of=label_as_of,
+        service=service,
+        features=spec.names,
+        fingerprint=fingerprint(frame),
+        seconds=time.perf_counter() - t0,
+    )

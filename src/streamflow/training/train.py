@@ -1,0 +1,216 @@
+"""Train one model at a fixed as_of and seed, and record everything about it in MLflow.
+
+The run holds params, hold-out metrics, plots, the feature schema, the training data's fingerprint
+(also logged as an MLflow dataset input), the git commit and package versions. The fitted pipeline
+is registered as a new version of ``streamflow_churn`` together with its ONNX conversion, which is
+checked against the pipeline before anything is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from streamflow.features.definitions import DEFAULT_FEATURE_SERVICE, feature_spec
+from streamflow.serving.fast_model import OnnxPredictor, to_onnx, verify
+from streamflow.settings import Settings, get_settings
+from streamflow.training.dataset import training_set
+from streamflow.training.lineage import git_commit, package_versions
+from streamflow.training.models import FittedModel, evaluate, fit_model, holdout_mask, to_model_input
+from streamflow.training.plots import evaluation_plots, importance_plot
+from streamflow.training.tracking import use_mlflow
+
+ONNX_ARTIFACT = "onnx/model.onnx"
+SAMPLE_ARTIFACT = "onnx/verification_sample.parquet"  # hold-out rows the API re-checks the fast path on
+SAMPLE_ROWS = 500
+SCHEMA_ARTIFACT = "feature_schema.json"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    version: int
+    model_type: str
+    feature_service: str
+    metrics: dict[str, float]
+    threshold: float
+    fingerprint: str
+
+
+def _requirements() -> list[str]:
+    versions = package_versions()
+    return [f"{name}=={versions[name]}" for name in ("scikit-learn", "numpy", "pandas")] + [
+        f"skops=={_version('skops')}",
+    ]
+
+
+def _skops_types(pipeline) -> list[str]:
+    """The types skops will not load by default that this pipeline (which we just built) contains."""
+    import skops.io
+
+    return skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))
+
+
+def _version(name: str) -> str:
+    from importlib import metadata
+
+    return metadata.version(name)
+
+
+def train_model(
+    as_of: date,
+    model_type: str = "baseline",
+    seed: int | None = None,
+    feature_service: str = DEFAULT_FEATURE_SERVICE,
+    label_horizon: int = 0,
+    settings: Settings | None = None,
+) -> TrainResult:
+    import mlflow
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.models import infer_signature
+
+    settings = settings or get_settings()
+    seed = settings.seed if seed is None else seed
+    spec = feature_spec(feature_service)
+    data = training_set(settings, as_of, feature_service, label_horizon)
+    frame = data.frame
+    features = frame[list(spec.names)]  # as Feast returns them; the pipeline's input is derived from it
+    y = frame["churn_label"].to_numpy(dtype=int)
+    holdout = holdout_mask(frame["user_id"])
+
+    started = time.perf_counter()
+    fitted = fit_model(model_type, features[~holdout], y[~holdout], spec, seed)
+    train_seconds = time.perf_counter() - started
+    metrics = evaluate(fitted, features[holdout], y[holdout])
+    onnx_bytes = to_onnx(fitted.pipeline, spec)
+    onnx_diff = verify(fitted.pipeline, OnnxPredictor(onnx_bytes, spec), features[holdout])
+    X = to_model_input(features, spec)
+
+    use_mlflow(settings)
+    client = mlflow.MlflowClient()
+    with mlflow.start_run(run_name=f"{model_type}-{feature_service}-{as_of}") as run:
+        mlflow.log_params(
+            {
+                "as_of": as_of.isoformat(),
+                "label_as_of": data.label_as_of.isoformat(),
+                "label_horizon": label_horizon,
+                "model_type": model_type,
+                "seed": seed,
+                "feature_service": feature_service,
+                "rows": len(frame),
+                "train_rows": int((~holdout).sum()),
+                "holdout_rows": int(holdout.sum()),
+                "holdout_fraction": 0.25,
+                "threshold": fitted.threshold,
+                **{f"hp_{k}": v for k, v in fitted.params.items()},
+            }
+        )
+        mlflow.log_metrics(
+            {
+                **metrics,
+                "train_time_seconds": train_seconds,
+                "cv_roc_auc": fitted.cv_score,
+                "cv_oof_f1": fitted.oof_f1,
+                "onnx_max_abs_diff": onnx_diff,
+            }
+        )
+        mlflow.set_tags(
+            {
+                "git_commit": git_commit(),
+                "data_fingerprint": data.fingerprint,
+                **{f"version.{k}": v for k, v in package_versions().items()},
+            }
+        )
+        dataset = mlflow.data.from_pandas(
+            frame,
+            source=CodeDatasetSource(
+                {
+                    "feast_project": "streamflow",
+                    "feature_service": feature_service,
+                    "as_of": as_of.isoformat(),
+                    "label_as_of": data.label_as_of.isoformat(),
+                }
+            ),
+            targets="churn_label",
+            name=f"training_set_{as_of.isoformat()}",
+            digest=data.fingerprint[:36],
+        )
+        mlflow.log_input(dataset, context="training")
+        schema = {
+            "feature_service": feature_service,
+            "features": list(spec.names),
+            "numeric": list(spec.numeric),
+            "boolean": list(spec.boolean),
+            "categorical": list(spec.categorical),
+            "threshold": fitted.threshold,
+        }
+        mlflow.log_dict(schema, SCHEMA_ARTIFACT)
+        proba = fitted.pipeline.predict_proba(X[holdout])[:, 1]
+        for name, fig in evaluation_plots(y[holdout], proba, fitted.threshold).items():
+            mlflow.log_figure(fig, f"plots/{name}")
+        if (fig := importance_plot(fitted.pipeline)) is not None:
+            mlflow.log_figure(fig, "plots/feature_importance.png")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(ONNX_ARTIFACT).name
+            path.write_bytes(onnx_bytes)
+            mlflow.log_artifact(str(path), artifact_path=str(Path(ONNX_ARTIFACT).parent))
+            sample = Path(tmp) / Path(SAMPLE_ARTIFACT).name
+            features[holdout].head(SAMPLE_ROWS).to_parquet(sample, index=False)
+            mlflow.log_artifact(str(sample), artifact_path=str(Path(SAMPLE_ARTIFACT).parent))
+        example = X.iloc[:5]
+        info = mlflow.sklearn.log_model(
+            fitted.pipeline,
+            name="model",
+            registered_model_name=settings.model_name,
+            signature=infer_signature(example, fitted.pipeline.predict_proba(example)[:, 1]),
+            input_example=example,
+            pip_requirements=_requirements(),
+            skops_trusted_types=_skops_types(fitted.pipeline),
+        )
+    version = int(info.registered_model_version)
+    for key, value in {
+        "as_of": as_of.isoformat(),
+        "feature_service": feature_service,
+        "model_type": model_type,
+        "threshold": repr(fitted.threshold),
+        "holdout_roc_auc": repr(metrics["roc_auc"]),
+        "data_fingerprint": data.fingerprint,
+        "onnx_artifact": ONNX_ARTIFACT,
+    }.items():
+        client.set_model_version_tag(settings.model_name, str(version), key, value)
+    client.update_model_version(
+        settings.model_name,
+        str(version),
+        description=json.dumps({"feature_service": feature_service, "as_of": as_of.isoformat()}),
+    )
+    return TrainResult(
+        run.info.run_id,
+        version,
+        model_type,
+        feature_service,
+        {k: float(v) for k, v in metrics.items()},
+        float(fitted.threshold),
+        data.fingerprint,
+    )
+
+
+def scores_on_holdout(version: int, as_of: date, settings: Settings) -> dict[str, float]:
+    """Score a registered version on the hold-out users of ``as_of`` (with its own feature service)."""
+    import mlflow
+
+    use_mlflow(settings)
+    client = mlflow.MlflowClient()
+    mv = client.get_model_version(settings.model_name, str(version))
+    service = mv.tags.get("feature_service", DEFAULT_FEATURE_SERVICE)
+    spec = feature_spec(service)
+    data = training_set(settings, as_of, service)
+    holdout = holdout_mask(data.frame["user_id"])
+    features = data.frame[list(spec.names)][holdout]
+    y = data.frame["churn_label"].to_numpy(dtype=int)[holdout]
+    pipeline = mlflow.sklearn.load_model(f"models:/{settings.model_name}/{version}")
+    fitted = FittedModel(pipeline, float(mv.tags["threshold"]), params={}, cv_score=float("nan"), spec=spec)
+    return evaluate(fitted, features, y)
