@@ -268,3 +268,5 @@ def mlflow_ui(
 
     command = mlflow_server_command(get_settings(), host, port)
     os.execvp(command[0], command)
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,74 @@
+"""Prometheus metrics of the API. Labels are routes and outcomes, never user ids."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "streamflow_http_requests_total",
+            "HTTP requests",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "streamflow_http_request_duration_seconds",
+            "Time to answer a request",
+            ["route", "method"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "streamflow_predictions_total",
+            "Predictions served",
+            ["prediction", "model_version"],
+            registry=self.registry,
+        )
+        self.missing_features = Counter(
+            "streamflow_missing_features_total",
+            "Requests for users without (fresh) online features",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.model_version = Gauge(
+            "streamflow_model_version", "Model version being served (0: none)", registry=self.registry
+        )
+        self.model_swaps = Counter(
+            "streamflow_model_swaps_total", "Hot swaps of the model", registry=self.registry
+        )
+
+
+class MetricsMiddleware:
+    """Pure ASGI (no per-request Request object): counts and times every HTTP request by route template."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.requests.labels(path, method, str(status)).inc()
+            self.metrics.latency.labels(path, method).observe(time.perf_counter() - start)

@@ -1,0 +1,169 @@
+"""Online feature reads for the API.
+
+With the PostgreSQL online store (the default) the API reads Feast's online tables directly: one
+query for all views of the feature service, over a pool of async connections, with Feast's own
+entity-key serialisation and value decoding. That is what ``get_online_features`` does, minus
+~ms of SDK overhead per call. Any other online store (Redis) goes through the Feast SDK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.type_map import feast_value_type_to_python_type
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from streamflow import db
+from streamflow.features import store as feature_store_mod
+from streamflow.features.definitions import FEATURE_SERVICES, FeatureSpec
+from streamflow.settings import Settings
+
+
+class OnlineStoreUnavailable(RuntimeError):
+    """The online store did not answer within its budget."""
+
+
+@dataclass
+class UserFeatures:
+    user_id: str
+    values: dict[str, object] = field(default_factory=dict)
+    event_ts: dict[str, datetime] = field(default_factory=dict)  # per feature
+
+    def missing(self, spec: FeatureSpec) -> list[str]:
+        return [n for n in spec.names if n not in self.values]
+
+    @property
+    def as_of(self) -> datetime | None:
+        return min(self.event_ts.values()) if self.event_ts else None
+
+
+def _views(spec: FeatureSpec) -> dict[str, list[str]]:
+    service = FEATURE_SERVICES[spec.service]
+    return {p.name: [f.name for f in p.features] for p in service.feature_view_projections}
+
+
+class PostgresOnlineReader:
+    def __init__(self, settings: Settings) -> None:
+        config = feature_store_mod.repo_config(settings)
+        self._key_version = config.entity_key_serialization_version
+        self._schema = feature_store_mod.FEAST_SCHEMA
+        self._project = config.project
+        self._timeout = settings.online_timeout_s
+        t = db.target(settings)
+        self._pool = AsyncConnectionPool(
+            t.conninfo(),
+            min_size=1,
+            max_size=8,
+            open=False,
+            timeout=settings.online_timeout_s,
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": max(1, int(settings.online_timeout_s)),
+                "options": f"-c statement_timeout={int(settings.online_timeout_s * 1000)}",
+                "prepare_threshold": 0,
+            },
+        )
+        self._queries: dict[str, tuple[sql.Composed, dict[str, set[str]]]] = {}
+
+    async def open(self) -> None:
+        await self._pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    def _query(self, spec: FeatureSpec) -> tuple[sql.Composed, dict[str, set[str]]]:
+        if spec.service not in self._queries:
+            views = _views(spec)
+            parts = [
+                sql.SQL(
+                    "SELECT entity_key, feature_name, value, event_ts FROM {} "
+                    "WHERE entity_key = ANY(%(keys)s) AND feature_name = ANY(%(names)s)"
+                ).format(sql.Identifier(self._schema, f"{self._project}_{view}"))
+                for view in views
+            ]
+            self._queries[spec.service] = (
+                sql.SQL(" UNION ALL ").join(parts),
+                {v: set(f) for v, f in views.items()},
+            )
+        return self._queries[spec.service]
+
+    def _key(self, user_id: str) -> bytes:
+        proto = EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(string_val=user_id)])
+        return serialize_entity_key(proto, entity_key_serialization_version=self._key_version)
+
+    async def read(self, user_ids: Sequence[str], spec: FeatureSpec) -> list[UserFeatures]:
+        query, _ = self._query(spec)
+        keys = {self._key(u): u for u in user_ids}
+        try:
+            async with asyncio.timeout(self._timeout), self._pool.connection() as conn:
+                cur = await conn.execute(query, {"keys": list(keys), "names": list(spec.names)})
+                rows = await cur.fetchall()
+        except Exception as exc:  # pool timeout, server gone, statement timeout...
+            raise OnlineStoreUnavailable(f"online store did not answer: {type(exc).__name__}: {exc}") from exc
+        out = {u: UserFeatures(u) for u in user_ids}
+        for key, name, value, ts in rows:
+            proto = ValueProto()
+            proto.ParseFromString(value)
+            found = out[keys[bytes(key)]]
+            found.values[name] = feast_value_type_to_python_type(proto)
+            found.event_ts[name] = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+        return [out[u] for u in user_ids]
+
+    async def ping(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout), self._pool.connection() as conn:
+                await conn.execute("SELECT 1")
+        except Exception as exc:
+            raise OnlineStoreUnavailable(f"online store did not answer: {type(exc).__name__}: {exc}") from exc
+
+
+class FeastOnlineReader:
+    """Any online store Feast supports (Redis...), through the SDK."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._store = feature_store_mod.feature_store(settings)
+        self._timeout = settings.online_timeout_s
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def read(self, user_ids: Sequence[str], spec: FeatureSpec) -> list[UserFeatures]:
+        def fetch() -> dict[str, list]:
+            return self._store.get_online_features(
+                features=list(spec.refs), entity_rows=[{"user_id": u} for u in user_ids]
+            ).to_dict(include_event_timestamps=True)
+
+        try:
+            async with asyncio.timeout(self._timeout):
+                table = await asyncio.to_thread(fetch)
+        except Exception as exc:
+            raise OnlineStoreUnavailable(f"online store did not answer: {type(exc).__name__}: {exc}") from exc
+        out = []
+        for i, u in enumerate(user_ids):
+            found = UserFeatures(u)
+            for name in spec.names:
+                seconds = table[f"{name}__ts"][i]
+                if seconds:  # 0 marks a value the store does not hold (NOT_FOUND)
+                    found.values[name] = table[name][i]
+                    found.event_ts[name] = datetime.fromtimestamp(seconds, UTC)
+            out.append(found)
+        return out
+
+    async def ping(self) -> None:
+        return None
+
+
+def online_reader(settings: Settings) -> PostgresOnlineReader | FeastOnlineReader:
+    return (
+        PostgresOnlineReader(settings) if settings.online_store == "postgres" else FeastOnlineReader(settings)
+    )

@@ -1,0 +1,380 @@
+"""The prediction API over real HTTP: real PostgreSQL, Feast online store and MLflow registry."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import mlflow
+import pandas as pd
+import pytest
+
+from streamflow import db
+from streamflow.features.definitions import feature_spec
+from streamflow.features.store import feature_store, materialize
+from streamflow.registry import promote
+from streamflow.settings import Settings
+from streamflow.training.models import to_model_input
+from streamflow.training.tracking import use_mlflow
+from tests.conftest import MONTHS
+from tests.integration.conftest import JAN, TrainedStack
+
+TOKEN = "test-admin-token"
+USER = "7590-VHVEG"
+
+
+@dataclass
+class Api:
+    url: str
+    settings: Settings
+    stack: TrainedStack
+    process: subprocess.Popen
+
+    def client(self, timeout: float = 10.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(settings: Settings, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFLOW_")}
+    env |= {
+        "STREAMFLOW_STATE_DIR": str(settings.state_dir),
+        "STREAMFLOW_DATABASE_NAME": settings.database_name,
+        "STREAMFLOW_ADMIN_TOKEN": TOKEN,
+        "STREAMFLOW_MODEL_POLL_INTERVAL_S": "0.5",
+        "STREAMFLOW_API_PORT": str(port),
+    }
+    if settings.embedded_pg_dir:
+        env["STREAMFLOW_EMBEDDED_PG_DIR"] = str(settings.embedded_pg_dir)
+    if settings.database_url:
+        env["STREAMFLOW_DATABASE_URL"] = settings.database_url
+    return env
+
+
+def _wait(url: str, path: str, seconds: float, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "API process exited"
+        try:
+            if httpx.get(url + path, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{path} not 200 within {seconds} s")
+
+
+@pytest.fixture(scope="module")
+def api(trained: TrainedStack) -> Iterator[Api]:
+    settings = trained.settings
+    materialize(settings, JAN)
+    promote(settings, version=trained.baseline.version, force=True, by="test_api")
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamflow.cli", "serve", "--port", str(port)],
+        env=_env(settings, port),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(url, "/ready", 180, process)
+        yield Api(url, settings, trained, process)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def csv_values(month: str, user_id: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name in ("subscriptions", "usage_agg_30d", "payments_agg_90d", "support_agg_90d"):
+        with open(MONTHS[month] / f"{name}.csv", newline="") as fh:
+            out |= next(r for r in csv.DictReader(fh) if r["user_id"] == user_id)
+    return out
+
+
+def reference_probability(settings: Settings, version: int, features: dict) -> float:
+    """What the registered scikit-learn pipeline says for these feature values."""
+    use_mlflow(settings)
+    mv = mlflow.MlflowClient().get_model_version(settings.model_name, str(version))
+    spec = feature_spec(mv.tags["feature_service"])
+    pipeline = mlflow.sklearn.load_model(f"models:/{settings.model_name}/{version}")
+    frame = pd.DataFrame([{n: features[n] for n in spec.names}])
+    return float(pipeline.predict_proba(to_model_input(frame, spec))[:, 1][0])
+
+
+def test_health_and_ready(api: Api) -> None:
+    with api.client() as c:
+        assert c.get("/health").json() == {"status": "ok"}
+        assert c.get("/ready").json() == {"status": "ready", "model_version": api.stack.baseline.version}
+
+
+def test_served_features_equal_the_stored_month(api: Api) -> None:
+    expected = csv_values("2024-01-31", USER)
+    with api.client() as c:
+        body = c.get(f"/features/{USER}").json()
+    spec = feature_spec("churn_v1")
+    assert body["user_id"] == USER and set(body["features"]) == set(spec.names)
+    f = body["features"]
+    assert f["monthly_fee"] == 29.85 and f["watch_hours_30d"] == float(expected["watch_hours_30d"])
+    assert (
+        f["months_active"] == int(expected["months_active"]) and f["net_service"] == expected["net_service"]
+    )
+    assert f["plan_stream_tv"] is False and f["paperless_billing"] is True
+    assert body["as_of"] == "2024-01-31T00:00:00Z"
+
+
+def test_predict_matches_the_reference_pipeline(api: Api) -> None:
+    with api.client() as c:
+        body = c.post("/predict", json={"user_id": USER}).json()
+    assert body["model"] == {"name": "streamflow_churn", "version": api.stack.baseline.version}
+    assert body["threshold"] == api.stack.baseline.threshold
+    assert body["prediction"] == int(body["probability"] >= body["threshold"])
+    reference = reference_probability(api.settings, api.stack.baseline.version, body["features_used"])
+    assert abs(body["probability"] - reference) <= 1e-6
+
+
+def test_unknown_user_is_404_with_missing_features(api: Api) -> None:
+    with api.client() as c:
+        response = c.post("/predict", json={"user_id": "999999"})
+        features = c.get("/features/999999")
+    assert response.status_code == 404
+    assert response.json() == {
+        "error": "Missing features for user_id=999999",
+        "missing_features": list(feature_spec("churn_v1").names),
+    }
+    assert features.status_code == 404 and features.json()["missing_features"] == list(feature_spec().names)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"user_id": ""}, {"user_id": "x" * 65}, {"user_id": "bad id!"}, {"user_id": 12}, {}, {"user": USER}],
+    ids=["empty", "too-long", "bad-characters", "not-a-string", "no-field", "wrong-field"],
+)
+def test_malformed_requests_are_422(api: Api, body: dict) -> None:
+    with api.client() as c:
+        response = c.post("/predict", json=body)
+    assert response.status_code == 422
+    assert response.json()["error"].startswith("invalid request:")
+
+
+def test_malformed_json_and_bad_path_ids(api: Api) -> None:
+    with api.client() as c:
+        broken = c.post("/predict", content=b'{"user_id": ', headers={"content-type": "application/json"})
+        long_path = c.get("/features/" + "x" * 65)
+    assert broken.status_code == 422 and long_path.status_code == 422
+
+
+def test_batch_answers_every_id(api: Api) -> None:
+    with api.client() as c:
+        body = c.post("/predict/batch", json={"user_ids": [USER, "0000-NOBODY", "5575-GNVDE"]}).json()
+        single = c.post("/predict", json={"user_id": "5575-GNVDE"}).json()
+        too_many = c.post("/predict/batch", json={"user_ids": [USER] * (api.settings.predict_batch_max + 1)})
+    first, unknown, third = body["results"]
+    assert first["user_id"] == USER and first["prediction"] in (0, 1)
+    assert (
+        unknown["error"] == "Missing features for user_id=0000-NOBODY"
+        and len(unknown["missing_features"]) == 14
+    )
+    assert abs(third["probability"] - single["probability"]) <= 1e-6
+    assert too_many.status_code == 422
+
+
+def test_model_endpoint(api: Api) -> None:
+    with api.client() as c:
+        body = c.get("/model").json()
+    assert body["name"] == "streamflow_churn" and body["alias"] == "production"
+    assert body["version"] == api.stack.baseline.version and body["run_id"] == api.stack.baseline.run_id
+    assert body["trained_as_of"] == "2024-01-31" and body["feature_service"] == "churn_v1"
+    assert body["metrics"]["roc_auc"] == pytest.approx(api.stack.baseline.metrics["roc_auc"])
+    assert body["fast_path_max_abs_diff"] <= 1e-5
+
+
+def test_metrics_count_routes_and_outcomes_without_user_ids(api: Api) -> None:
+    with api.client() as c:
+        c.post("/predict", json={"user_id": USER})
+        c.post("/predict", json={"user_id": "999999"})
+        text = c.get("/metrics").text
+    assert 'streamflow_http_requests_total{method="POST",route="/predict",status="200"}' in text
+    assert 'streamflow_http_requests_total{method="POST",route="/predict",status="404"}' in text
+    assert 'streamflow_missing_features_total{kind="unknown_user"}' in text
+    assert "streamflow_http_request_duration_seconds_bucket" in text
+    assert f"streamflow_model_version {float(api.stack.baseline.version)}" in text
+    assert USER not in text and "999999" not in text
+
+
+def test_admin_reload_requires_the_token(api: Api) -> None:
+    with api.client() as c:
+        assert c.post("/admin/reload").status_code == 401
+        assert c.post("/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        ok = c.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200 and ok.json()["version"] == api.stack.baseline.version
+
+
+def test_incomplete_and_stale_features_are_422(api: Api) -> None:
+    store = feature_store(api.settings)
+    old = datetime(2023, 1, 31, tzinfo=UTC)
+    usage = {
+        "watch_hours_30d": 1.0,
+        "avg_session_mins_7d": 1.0,
+        "unique_devices_30d": 1,
+        "skips_7d": 0,
+        "rebuffer_events_7d": 0,
+    }
+    store.write_to_online_store(
+        "usage_30d",
+        pd.DataFrame([{"user_id": "PARTIAL-0001", "as_of_ts": datetime(2024, 1, 31, tzinfo=UTC), **usage}]),
+    )
+    store.write_to_online_store(
+        "usage_30d", pd.DataFrame([{"user_id": "STALE-0001", "as_of_ts": old, **usage}])
+    )
+    for view, values in {
+        "subscription_profile": {
+            "months_active": 3,
+            "monthly_fee": 20.0,
+            "total_paid": 60.0,
+            "paperless_billing": True,
+            "plan_stream_tv": True,
+            "plan_stream_movies": False,
+            "net_service": "DSL",
+            "contract_type": "One year",
+        },
+        "payments_90d": {"failed_payments_90d": 0},
+        "support_90d": {"support_tickets_90d": 0, "ticket_avg_resolution_hrs_90d": 1.0},
+    }.items():
+        store.write_to_online_store(
+            view, pd.DataFrame([{"user_id": "STALE-0001", "as_of_ts": old, **values}])
+        )
+    with api.client() as c:
+        partial = c.post("/predict", json={"user_id": "PARTIAL-0001"})
+        stale = c.post("/predict", json={"user_id": "STALE-0001"})
+    assert partial.status_code == 422
+    assert set(partial.json()["missing_features"]) == set(feature_spec().names) - set(usage)
+    assert stale.status_code == 422
+    assert (
+        set(stale.json()["stale_features"]) == set(feature_spec().names)
+        and stale.json()["missing_features"] == []
+    )
+
+
+def test_hot_swap_under_load_fails_no_request(api: Api) -> None:
+    base, cand = api.stack.baseline.version, api.stack.candidate.version
+    with api.client() as c:
+        features = {v: c.get(f"/features/{USER}").json()["features"] for v in (base,)}[base]
+    expected = {base: reference_probability(api.settings, base, features)}
+    v2 = feature_spec("churn_v2")
+    with api.client() as c:
+        full = (
+            feature_store(api.settings)
+            .get_online_features(features=list(v2.refs), entity_rows=[{"user_id": USER}])
+            .to_dict()
+        )
+    expected[cand] = reference_probability(api.settings, cand, {n: full[n][0] for n in v2.names})
+
+    results: list[tuple[int, dict]] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with api.client() as c:
+            while not stop.is_set():
+                r = c.post("/predict", json={"user_id": USER})
+                results.append((r.status_code, r.json()))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        started = time.monotonic()
+        promote(api.settings, version=cand, force=True, by="test_api")
+        while time.monotonic() - started < 30:
+            if results and results[-1][1].get("model", {}).get("version") == cand:
+                break
+            time.sleep(0.1)
+        swap_seconds = time.monotonic() - started
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        promote(api.settings, version=base, force=True, by="test_api")
+    assert swap_seconds < 15, f"swap took {swap_seconds:.1f} s"
+    assert [s for s, _ in results if s != 200] == []
+    versions = {b["model"]["version"] for _, b in results}
+    assert versions == {base, cand}
+    for _, body in results:  # each response was computed entirely by the version it names
+        assert abs(body["probability"] - expected[body["model"]["version"]]) <= 1e-6
+
+
+def test_openapi_contract(api: Api) -> None:
+    """Schemathesis against the app's own OpenAPI: never a 5xx, every response matches the schema."""
+    st = Path(sys.executable).with_name("st")
+    checks = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+    result = subprocess.run(
+        [
+            str(st),
+            "run",
+            f"{api.url}/openapi.json",
+            "--checks",
+            checks,
+            "--max-examples",
+            "30",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--suppress-health-check",
+            "all",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+def test_online_store_outage_is_503_then_recovers(api: Api) -> None:
+    """Stop PostgreSQL under load: answers become 503 within the timeout, then 200 again by themselves."""
+    if api.settings.database_url:
+        pytest.skip("stopping an external server is not this test's business")
+    budget = api.settings.online_timeout_s + 2.0
+    db.stop_embedded(api.settings)
+    try:
+        with api.client(timeout=budget + 5) as c:
+            for _ in range(3):
+                started = time.monotonic()
+                r = c.post("/predict", json={"user_id": USER})
+                assert r.status_code == 503, r.text
+                assert time.monotonic() - started < budget
+                assert "online store" in r.json()["error"]
+            ready = c.get("/ready")
+            assert ready.status_code == 503
+    finally:
+        db.start_embedded(api.settings)
+    deadline = time.monotonic() + 30
+    with api.client() as c:
+        while time.monotonic() < deadline:
+            if c.post("/predict", json={"user_id": USER}).status_code == 200:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("API did not recover within 30 s of PostgreSQL coming back")
