@@ -268,5 +268,74 @@ def mlflow_ui(
 
     command = mlflow_server_command(get_settings(), host, port)
     os.execvp(command[0], command)
+
+
+@app.command()
+def demo(
+    seeds: Annotated[
+        Path | None,
+        typer.Option(help="Folder of month_NNN exports (e.g. ../shared/data/seeds); else generated."),
+    ] = None,
+    start: Annotated[str, typer.Option(help="as_of of the first month (a month end).")] = "2024-01-31",
+    users: Annotated[int, typer.Option(min=100, help="Subscribers per generated month.")] = 7043,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete the embedded state and start over.")] = False,
+    serve: Annotated[
+        bool, typer.Option(help="Serve the API and UIs at the end (--no-serve stops after promotion).")
+    ] = True,
+) -> None:
+    """End to end: database, data, features, training, promotion, then the API, MLflow and Prefect UIs."""
+    from streamflow.demo import run_demo
+
+    try:
+        run_demo(get_settings(), seeds, parse_date(start, "--start"), users, fresh, serve)
+    except (FileNotFoundError, ValueError, RuntimeError, TimeoutError) as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def up() -> None:
+    """Start a long-lived local Prefect server and a worker serving the deployments."""
+    from streamflow.orchestration import start_server, start_worker
+
+    settings = get_settings()
+    url = start_server(settings)
+    start_worker(settings)
+    console.print(f"Prefect UI: {url}  (monthly_pipeline scheduled monthly; `streamflow down` stops it)")
+
+
+@app.command()
+def down() -> None:
+    """Stop the Prefect server and worker started by `streamflow up`."""
+    from streamflow.orchestration import stop
+
+    stopped = stop(get_settings())
+    console.print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
+
+
+@app.command()
+def worker() -> None:
+    """Serve StreamFlow's Prefect deployments (what `streamflow up` runs in the background)."""
+    from streamflow.orchestration import serve_deployments, use_server
+
+    use_server(get_settings())
+    serve_deployments()
+
+
+@app.command()
+def pipeline(
+    month_dir: Annotated[Path, typer.Argument(help="Folder with the six CSV files of the new month.")],
+    as_of: AsOf,
+) -> None:
+    """Run the monthly pipeline flow now: ingest, materialize, train a candidate, gate, promote."""
+    from streamflow.orchestration import server_healthy, use_server
+
+    settings = get_settings()
+    if server_healthy(settings):
+        use_server(settings)
+    from streamflow.flows import monthly_pipeline
+
+    console.print(monthly_pipeline(str(month_dir), parse_date(as_of).isoformat()))
+
+
 if __name__ == "__main__":
     app()

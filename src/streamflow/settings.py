@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     promotion_margin: float = Field(default=0.01, ge=0, description="ROC-AUC a candidate must gain.")
     seed: int = 42
 
+    prefect_port: int = Field(default=4200, description="Port of the local Prefect server (streamflow up).")
+    mlflow_port: int = Field(default=5000, description="Port of the MLflow UI in the demo.")
+    inbox_dir: Path | None = Field(
+        default=None, description="Where scheduled monthly runs find <as_of>/ folders (<state_dir>/inbox)."
+    )
+
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     admin_token: SecretStr | None = None
@@ -59,6 +65,10 @@ class Settings(BaseSettings):
     @property
     def pg_dir(self) -> Path:
         return (self.embedded_pg_dir or self.state_dir / "pg").resolve()
+
+    @property
+    def inbox(self) -> Path:
+        return (self.inbox_dir or self.state_dir / "inbox").resolve()
 
     @property
     def artifacts_dir(self) -> Path:

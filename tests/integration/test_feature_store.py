@@ -101,6 +101,13 @@ def test_apply_is_idempotent_and_config_has_no_secrets(stack_settings: Settings,
     assert "project: streamflow" in yaml_text
 
 
+def test_materializations_log_is_a_migration(stack_settings: Settings) -> None:
+    with db.connect(db.target(stack_settings), stack_settings) as conn:
+        applied = [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY version")]
+        assert "002_materializations.sql" in applied  # ingestion runs the migrations
+        assert conn.execute("SELECT to_regclass('materializations') IS NOT NULL").fetchone()[0]
+
+
 def test_generated_yaml_holds_no_credentials(stack_settings: Settings, tmp_path: Path) -> None:
     t = db.target(stack_settings)
     settings = stack_settings.model_copy(

@@ -6,6 +6,9 @@ hand: the offline store, the online store (PostgreSQL by default, Redis when
 ``STREAMFLOW_ONLINE_STORE=redis``) and the registry all live on StreamFlow's PostgreSQL server. A
 ``feature_store.yaml`` is also written into ``settings.feast_dir`` for the ``feast`` CLI and UI; it
 holds ``${STREAMFLOW_FEAST_*_PASSWORD}`` placeholders, never a password.
+
+Materializing into the PostgreSQL online store bypasses Feast's row-at-a-time writer: the rows Feast
+would write are computed with Feast's own functions and loaded in bulk (see "bulk PostgreSQL writes").
 """
 
 from __future__ import annotations
@@ -149,12 +152,19 @@ class ExactPostgreSQLRetrievalJob(PostgreSQLRetrievalJob):
     Feast builds a decimal128 Arrow array and casts it to double, which is not exact: a stored 45.05
     came back as 45.050000000000004, in training sets and (through materialization) online alike.
     float(Decimal) is correctly rounded, so a stored 45.05 is served and trained on as 45.05.
+
+    It also runs the query without nested-loop joins. Feast's point-in-time query filters each feature
+    table on the entity timestamps' min and max, values the planner cannot know: it guesses 50 rows,
+    then nested-loops the deduplicated rows against themselves, quadratic in the users (5,000
+    generated users: 40 s instead of 0.15 s; 100,000 would take hours). These retrievals always
+    read every user of a snapshot, for which hash joins are the right plan.
     """
 
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
         with self._query_generator() as query, _get_conn(self.config.offline_store) as conn:
             conn.read_only = True
             with conn.cursor() as cur:
+                cur.execute("SET LOCAL enable_nestloop = off")  # this transaction only
                 cur.execute(query)
                 if not cur.description:
                     raise ZeroColumnQueryResult(query)
@@ -534,8 +544,9 @@ def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _utc_timestamps(column: pa.ChunkedArray) -> pa.Array:
-    # As Feast: pd.to_datetime of the column; Feast then hands psycopg naive UTC datetimes, which the
-    # server reads in the session time zone (UTC here); an explicit UTC instant is the same and safe.
+    # As Feast: pd.to_datetime of the column. Feast then hands psycopg naive UTC datetimes, which the
+    # server reads in its session time zone: the same instants when that is UTC (the embedded server's
+    # default); an explicit UTC instant is right whatever the server's TimeZone.
     ts = pd.DatetimeIndex(pd.to_datetime(column.to_numpy(zero_copy_only=False)))
     ts = ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
     return pa.array(ts, type=pa.timestamp("us", tz="UTC"))
@@ -649,14 +660,16 @@ def _stage_view(
     return pa.table(columns), names
 
 
-def _copy_csv(conn: psycopg.Connection, table_name: str, data: pa.Table) -> None:
-    buf = io.BytesIO()
+def _copy_csv(conn: psycopg.Connection, table_name: str, data: pa.Table, chunk_rows: int = 100_000) -> None:
     # all_valid: every value quoted, so an empty string stays "" and only a missing value reads as NULL.
-    pacsv.write_csv(data, buf, pacsv.WriteOptions(include_header=False, quoting_style="all_valid"))
+    options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
     with conn.cursor().copy(
         sql.SQL("COPY {} FROM STDIN WITH (FORMAT csv)").format(sql.Identifier(table_name))
     ) as copy:
-        copy.write(buf.getbuffer())
+        for batch in data.to_batches(max_chunksize=chunk_rows):  # bounded memory for a million users
+            buf = io.BytesIO()
+            pacsv.write_csv(batch, buf, options)
+            copy.write(buf.getbuffer())
 
 
 def _upsert_view(
