@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-from feast.type_map import feast_value_type_to_python_type
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
@@ -42,6 +41,16 @@ class UserFeatures:
     @property
     def as_of(self) -> datetime | None:
         return min(self.event_ts.values()) if self.event_ts else None
+
+
+def _decode(value: bytes) -> object:
+    """A Feast ValueProto's Python value for the scalar types of our views (an unset value is None).
+
+    What feast_value_type_to_python_type returns for them, at a fraction of its cost per value.
+    """
+    proto = ValueProto.FromString(value)
+    kind = proto.WhichOneof("val")
+    return None if kind is None or kind == "null_val" else getattr(proto, kind)
 
 
 def _views(spec: FeatureSpec) -> dict[str, list[str]]:
@@ -70,7 +79,7 @@ class PostgresOnlineReader:
                 "prepare_threshold": 0,
             },
         )
-        self._queries: dict[str, tuple[sql.Composed, dict[str, set[str]]]] = {}
+        self._queries: dict[tuple[str, bool], bytes] = {}
 
     async def open(self) -> None:
         await self._pool.open(wait=False)
@@ -78,41 +87,43 @@ class PostgresOnlineReader:
     async def close(self) -> None:
         await self._pool.close()
 
-    def _query(self, spec: FeatureSpec) -> tuple[sql.Composed, dict[str, set[str]]]:
-        if spec.service not in self._queries:
-            views = _views(spec)
+    def _query(self, spec: FeatureSpec, single: bool) -> bytes:
+        """The read for one feature service, rendered to bytes once: one user (``=``) or many (``ANY``)."""
+        key = (spec.service, single)
+        if key not in self._queries:
+            match = sql.SQL("entity_key = %(keys)s") if single else sql.SQL("entity_key = ANY(%(keys)s)")
             parts = [
                 sql.SQL(
-                    "SELECT entity_key, feature_name, value, event_ts FROM {} "
-                    "WHERE entity_key = ANY(%(keys)s) AND feature_name = ANY(%(names)s)"
-                ).format(sql.Identifier(self._schema, f"{self._project}_{view}"))
-                for view in views
+                    "SELECT entity_key, feature_name, value, event_ts FROM {}"
+                    " WHERE {} AND feature_name IN ({})"
+                ).format(
+                    sql.Identifier(self._schema, f"{self._project}_{view}"),
+                    match,
+                    sql.SQL(", ").join(map(sql.Literal, names)),
+                )
+                for view, names in _views(spec).items()
             ]
-            self._queries[spec.service] = (
-                sql.SQL(" UNION ALL ").join(parts),
-                {v: set(f) for v, f in views.items()},
-            )
-        return self._queries[spec.service]
+            self._queries[key] = sql.SQL(" UNION ALL ").join(parts).as_bytes(None)
+        return self._queries[key]
 
     def _key(self, user_id: str) -> bytes:
         proto = EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(string_val=user_id)])
         return serialize_entity_key(proto, entity_key_serialization_version=self._key_version)
 
     async def read(self, user_ids: Sequence[str], spec: FeatureSpec) -> list[UserFeatures]:
-        query, _ = self._query(spec)
         keys = {self._key(u): u for u in user_ids}
+        single = len(keys) == 1
+        params = {"keys": next(iter(keys)) if single else list(keys)}
         try:
             async with asyncio.timeout(self._timeout), self._pool.connection() as conn:
-                cur = await conn.execute(query, {"keys": list(keys), "names": list(spec.names)})
+                cur = await conn.execute(self._query(spec, single), params)
                 rows = await cur.fetchall()
         except Exception as exc:  # pool timeout, server gone, statement timeout...
             raise OnlineStoreUnavailable(f"online store did not answer: {type(exc).__name__}: {exc}") from exc
         out = {u: UserFeatures(u) for u in user_ids}
         for key, name, value, ts in rows:
-            proto = ValueProto()
-            proto.ParseFromString(value)
             found = out[keys[bytes(key)]]
-            found.values[name] = feast_value_type_to_python_type(proto)
+            found.values[name] = _decode(value)
             found.event_ts[name] = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
         return [out[u] for u in user_ids]
 
