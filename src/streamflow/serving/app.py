@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from streamflow.data.contracts import ID_PATTERN
 from streamflow.features.definitions import feature_spec
+from streamflow.monitoring.prediction_log import PredictionLog
 from streamflow.serving.metrics import ApiMetrics, MetricsMiddleware
 from streamflow.serving.model_holder import LoadedModel, ModelHolder
 from streamflow.serving.online import OnlineStoreUnavailable, UserFeatures, online_reader
@@ -121,6 +122,13 @@ class Service:
         self.reader = online_reader(settings)
         self.metrics = ApiMetrics()
         self.materialized_as_of: datetime | None = None
+        # Every answered prediction, written to PostgreSQL in the background (never on the request path).
+        self.prediction_log = PredictionLog(
+            settings,
+            written=self.metrics.prediction_log_written,
+            dropped=self.metrics.prediction_log_dropped,
+        )
+        self.metrics.prediction_log_pending.set_function(lambda: self.prediction_log.pending)
 
     def model(self) -> LoadedModel:
         model = self.holder.current
@@ -131,8 +139,9 @@ class Service:
         return model
 
     def refresh(self) -> bool:
-        """Runs in a worker thread: pick up a moved alias and the latest materialization."""
+        """Runs in a worker thread: pick up a moved alias, the latest materialization and drift report."""
         from streamflow.features.store import last_materialization
+        from streamflow.monitoring.drift import latest_drift_share
 
         swapped = self.holder.refresh()
         if swapped:
@@ -143,6 +152,9 @@ class Service:
             last = last_materialization(self.settings)
             if last is not None:
                 self.materialized_as_of = datetime.combine(last.snapshot_as_of, datetime.min.time(), UTC)
+        with contextlib.suppress(Exception):  # no report yet, or the database is down: keep the last value
+            share = latest_drift_share(self.settings)
+            self.metrics.drift_share.set(float("nan") if share is None else share)
         return swapped
 
     def problems(self, found: UserFeatures, model: LoadedModel) -> tuple[list[str], list[str]]:
@@ -182,6 +194,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await service.reader.open()
+        service.prediction_log.start()
         await asyncio.to_thread(service.refresh)
         watcher = asyncio.create_task(watch())
         try:
@@ -190,6 +203,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            # After the server finished its in-flight requests: write what the log still buffers.
+            await service.prediction_log.close()
             await service.reader.close()
 
     async def watch() -> None:
@@ -276,6 +291,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         probability = float(model.predictor.predict_one(found.values))
         prediction = int(probability >= model.threshold)
         service.metrics.predictions.labels(str(prediction), str(model.version)).inc()
+        service.prediction_log.append(
+            (
+                datetime.now(UTC),
+                "predict",
+                request.user_id,
+                model.name,
+                model.version,
+                probability,
+                prediction,
+                found.as_of,
+            )
+        )
         return {
             "user_id": request.user_id,
             "prediction": prediction,
@@ -305,10 +332,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 results.append({"user_id": f.user_id})
         if complete:
             proba = model.predictor.predict_proba([f.values for _, f in complete])
-            for (i, _), p in zip(complete, proba, strict=True):
+            now = datetime.now(UTC)
+            for (i, f), p in zip(complete, proba, strict=True):
                 results[i]["probability"] = float(p)
                 results[i]["prediction"] = int(p >= model.threshold)
                 service.metrics.predictions.labels(str(results[i]["prediction"]), str(model.version)).inc()
+                service.prediction_log.append(
+                    (
+                        now,
+                        "batch",
+                        f.user_id,
+                        model.name,
+                        model.version,
+                        results[i]["probability"],
+                        results[i]["prediction"],
+                        f.as_of,
+                    )
+                )
         return {
             "model": {"name": model.name, "version": model.version},
             "threshold": model.threshold,

@@ -42,6 +42,27 @@ class ApiMetrics:
         self.model_swaps = Counter(
             "streamflow_model_swaps_total", "Hot swaps of the model", registry=self.registry
         )
+        self.prediction_log_written = Counter(
+            "streamflow_prediction_log_written_total",
+            "Predictions written to the prediction_log table",
+            registry=self.registry,
+        )
+        self.prediction_log_dropped = Counter(
+            "streamflow_prediction_log_dropped_total",
+            "Predictions not logged: buffer full (PostgreSQL slow or down) or not written by shutdown",
+            registry=self.registry,
+        )
+        self.prediction_log_pending = Gauge(
+            "streamflow_prediction_log_pending",
+            "Predictions buffered, not yet written",
+            registry=self.registry,
+        )
+        self.drift_share = Gauge(
+            "streamflow_drift_share",
+            "Share of drifted features in the latest drift report (NaN: none yet)",
+            registry=self.registry,
+        )
+        self.drift_share.set(float("nan"))
 
 
 class MetricsMiddleware:
