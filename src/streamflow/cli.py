@@ -293,6 +293,52 @@ def demo(
 
 
 @app.command()
+def score(as_of: AsOf) -> None:
+    """Score every user of the snapshot at AS_OF with the production model into `predictions`."""
+    from streamflow.monitoring.scoring import score_snapshot
+
+    r = score_snapshot(get_settings(), parse_date(as_of))
+    console.print(
+        f"scored {r.rows:,} users as of {r.as_of} with {r.model_name} v{r.model_version}: "
+        f"{r.predicted_churners:,} predicted churners, mean probability {r.mean_probability:.3f}"
+    )
+
+
+@app.command()
+def drift(
+    reference: Annotated[str, typer.Option(help="Reference snapshot YYYY-MM-DD.")],
+    current: Annotated[str, typer.Option(help="Current snapshot YYYY-MM-DD.")],
+) -> None:
+    """Evidently drift report between two snapshots (HTML + JSON, logged to MLflow)."""
+    from streamflow.monitoring.drift import drift_report
+
+    r = drift_report(get_settings(), parse_date(reference, "--reference"), parse_date(current, "--current"))
+    console.print(
+        f"drift share {r.drift_share:.3f} ({len(r.drifted_features)} of {len(r.features)} features): "
+        + (", ".join(r.drifted_features) or "none")
+    )
+    if r.target is not None:
+        console.print(f"target drift (churn rate, each month's own labels): {r.target_drift:+.4f}")
+    if r.prediction is not None:
+        console.print(f"prediction drift: {r.prediction_drift:.4f}")
+    console.print(f"report: {r.html_path}")
+
+
+@app.command("monitor")
+def monitor(
+    reference: Annotated[str, typer.Option(help="Snapshot production was trained on.")],
+    current: Annotated[str, typer.Option(help="The new snapshot.")],
+) -> None:
+    """Drift check, then (above the threshold) a candidate on CURRENT through the gate."""
+    from streamflow.monitoring.retrain import monitor_and_retrain
+
+    d = monitor_and_retrain(
+        get_settings(), parse_date(reference, "--reference"), parse_date(current, "--current")
+    )
+    console.print(f"{'promoted' if d.promoted else 'kept production'}: {d.reason}")
+
+
+@app.command()
 def up() -> None:
     """Start a long-lived local Prefect server and a worker serving the deployments."""
     from streamflow.orchestration import start_server, start_worker
