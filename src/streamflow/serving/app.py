@@ -19,6 +19,7 @@ from fastapi import Body, FastAPI, Header, Path, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -215,7 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except Exception:  # keep watching whatever happens
                 log.exception("model refresh failed")
 
-    app = FastAPI(
+    app = FastAPIOffline(  # serves Swagger UI's assets itself: /docs works without internet
         title="StreamFlow churn API",
         version="1.0",
         lifespan=lifespan,
