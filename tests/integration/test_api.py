@@ -22,7 +22,7 @@ import pytest
 
 from streamflow import db
 from streamflow.features.definitions import feature_spec
-from streamflow.features.store import feature_store, materialize
+from streamflow.features.store import feature_store, materialize, reset_feature_stores
 from streamflow.registry import promote
 from streamflow.settings import Settings
 from streamflow.training.models import to_model_input
@@ -370,6 +370,7 @@ def test_online_store_outage_is_503_then_recovers(api: Api) -> None:
             assert ready.status_code == 503
     finally:
         db.start_embedded(api.settings)
+        reset_feature_stores()  # this test process's cached Feast objects held connections to the old server
     deadline = time.monotonic() + 30
     with api.client() as c:
         while time.monotonic() < deadline:

@@ -68,6 +68,8 @@ def test_versions_are_registered_with_their_feature_service(
 def test_gate_promote_reject_force_rollback(trained: TrainedStack, client: mlflow.MlflowClient) -> None:
     s, name = trained.settings, trained.settings.model_name
     base, cand = trained.baseline.version, trained.candidate.version
+    if production_version(s) is not None:  # other modules of the session promoted versions before
+        client.delete_registered_model_alias(name, s.production_alias)
 
     first = promote(s, version=base, by="test")
     assert first.promoted and first.reason == "no production version yet" and production_version(s) == base

@@ -346,6 +346,12 @@ def write_feature_store_yaml(settings: Settings, project: str = PROJECT) -> Path
 _STORES: dict[str, FeatureStore] = {}
 
 
+def reset_feature_stores() -> None:
+    """Forget the cached stores: after a server restart, Feast's PostgreSQL online store would keep
+    using its one lost connection for the life of the object."""
+    _STORES.clear()
+
+
 def feature_store(settings: Settings, project: str = PROJECT) -> FeatureStore:
     """The FeatureStore for these Settings (one per configuration and process: registry connections
     and the registry cache are reused)."""
