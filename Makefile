@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_ARGS ?=
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test browser-check lint bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found (StreamFlow needs Python 3.11)"; exit 1; }
@@ -22,6 +22,10 @@ demo: install
 test: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/pytest
+
+# Headless Chromium over a freshly built stack (needs Debian's chromium: apt-get install chromium).
+browser-check: install
+	$(BIN)/pytest -m slow tests/e2e
 
 lint: install
 	$(BIN)/ruff check src tests bench

@@ -16,6 +16,7 @@ it ingests two months and trains two models from nothing.
 from __future__ import annotations
 
 import html
+import os
 import re
 import shutil
 import socket
@@ -265,7 +266,13 @@ def test_browser_shows_the_stack(demo_settings: Settings, tmp_path: Path) -> Non
             problems.extend(check(browser, demo_settings))
             checked.append(check.__name__)
 
-    result = run_demo(demo_settings, SEEDS, START, users=7043, fresh=False, serve=True, wait=while_up)
+    saved = dict(os.environ)  # run_demo exports its settings for its flows and servers: undo that after
+    try:
+        result = run_demo(demo_settings, SEEDS, START, users=7043, fresh=False, serve=True, wait=while_up)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
 
     assert set(result["versions"]) == {"baseline", "logreg"}
     assert checked == ["check_mlflow", "check_prefect", "check_docs"]
