@@ -180,8 +180,10 @@ def test_malformed_requests_are_422(api: Api, body: dict) -> None:
 def test_malformed_json_and_bad_path_ids(api: Api) -> None:
     with api.client() as c:
         broken = c.post("/predict", content=b'{"user_id": ', headers={"content-type": "application/json"})
+        not_utf8 = c.post("/predict", content=b"\xff\r\xfe", headers={"content-type": "application/json"})
         long_path = c.get("/features/" + "x" * 65)
     assert broken.status_code == 422 and long_path.status_code == 422
+    assert not_utf8.status_code == 422 and not_utf8.json()["error"].startswith("invalid request")
 
 
 def test_batch_answers_every_id(api: Api) -> None:
@@ -219,7 +221,8 @@ def test_metrics_count_routes_and_outcomes_without_user_ids(api: Api) -> None:
     assert 'streamflow_missing_features_total{kind="unknown_user"}' in text
     assert "streamflow_http_request_duration_seconds_bucket" in text
     assert f"streamflow_model_version {float(api.stack.baseline.version)}" in text
-    assert USER not in text and "999999" not in text
+    # No label carries a user id (numbers such as 0.0199999 may contain the digits, so look at labels).
+    assert f'"{USER}"' not in text and '"999999"' not in text and "user_id=" not in text
 
 
 def test_admin_reload_requires_the_token(api: Api) -> None:
