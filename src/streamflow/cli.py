@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from streamflow.settings import get_settings
+from streamflow.settings import Settings, get_settings
 
 app = typer.Typer(
     help="StreamFlow: churn predictions from monthly exports to a live API.", no_args_is_help=True
@@ -30,8 +30,31 @@ AsOf = Annotated[str, typer.Option("--as-of", help="Snapshot date YYYY-MM-DD.")]
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line, never wrapped
     return typer.Exit(code)
+
+
+def monitoring_errors() -> tuple[type[Exception], ...]:
+    """What score/drift/monitor report as a one-line error (exit 2): a missing production model, a
+    snapshot that does not exist, an unknown feature service."""
+    from streamflow.features.store import NoSnapshotError
+    from streamflow.monitoring.scoring import NoProductionModel
+
+    return NoProductionModel, NoSnapshotError, UnknownInput
+
+
+class UnknownInput(ValueError):
+    """A version or feature service named on the command line that does not exist."""
+
+
+def check_feature_service(service: str | None, option: str = "--feature-service") -> None:
+    from streamflow.features.definitions import feature_spec
+
+    if service is not None:
+        try:
+            feature_spec(service)
+        except ValueError as exc:
+            raise UnknownInput(f"{option}: {exc}") from None
 
 
 def parse_date(value: str, option: str = "--as-of") -> date:
@@ -293,32 +316,73 @@ def demo(
 
 
 @app.command()
-def score(as_of: AsOf) -> None:
-    """Score every user of the snapshot at AS_OF with the production model into `predictions`."""
-    from streamflow.monitoring.scoring import score_snapshot
+def score(
+    as_of: AsOf,
+    version: Annotated[
+        int | None, typer.Option(help="Model version to score with (default: production).")
+    ] = None,
+) -> None:
+    """Score every user of the snapshot at AS_OF with the production model (or VERSION) into `predictions`."""
+    from streamflow.monitoring.scoring import NoProductionModel, score_snapshot
 
-    r = score_snapshot(get_settings(), parse_date(as_of))
+    settings = get_settings()
+    try:
+        if version is not None:
+            _check_version(settings, version)
+        r = score_snapshot(settings, parse_date(as_of), version)
+    except NoProductionModel as exc:
+        raise fail(f"{exc}: promote a version first (streamflow promote), or pass --version", 2) from None
+    except monitoring_errors() as exc:
+        raise fail(str(exc), 2) from None
     console.print(
         f"scored {r.rows:,} users as of {r.as_of} with {r.model_name} v{r.model_version}: "
         f"{r.predicted_churners:,} predicted churners, mean probability {r.mean_probability:.3f}"
     )
 
 
+def _check_version(settings: Settings, version: int) -> None:
+    import mlflow
+
+    from streamflow.training.tracking import use_mlflow
+
+    use_mlflow(settings)
+    try:
+        mlflow.MlflowClient().get_model_version(settings.model_name, str(version))
+    except mlflow.exceptions.MlflowException:
+        raise UnknownInput(f"--version: {settings.model_name} has no version {version}") from None
+
+
 @app.command()
 def drift(
     reference: Annotated[str, typer.Option(help="Reference snapshot YYYY-MM-DD.")],
     current: Annotated[str, typer.Option(help="Current snapshot YYYY-MM-DD.")],
+    feature_service: Annotated[
+        str | None, typer.Option(help="Feast FeatureService whose features are compared (default churn_v1).")
+    ] = None,
 ) -> None:
     """Evidently drift report between two snapshots (HTML + JSON, logged to MLflow)."""
+    from streamflow.features.definitions import DEFAULT_FEATURE_SERVICE
     from streamflow.monitoring.drift import drift_report
 
-    r = drift_report(get_settings(), parse_date(reference, "--reference"), parse_date(current, "--current"))
+    ref, cur = parse_date(reference, "--reference"), parse_date(current, "--current")
+    try:
+        check_feature_service(feature_service)
+        r = drift_report(get_settings(), ref, cur, feature_service or DEFAULT_FEATURE_SERVICE)
+    except monitoring_errors() as exc:
+        raise fail(str(exc), 2) from None
     console.print(
         f"drift share {r.drift_share:.3f} ({len(r.drifted_features)} of {len(r.features)} features): "
         + (", ".join(r.drifted_features) or "none")
     )
     if r.target is not None:
-        console.print(f"target drift (churn rate, each month's own labels): {r.target_drift:+.4f}")
+        t = r.target
+        console.print(
+            "target drift (churn rate, each month's own labels):"
+            f" {t.reference_rate:.4f} -> {t.current_rate:.4f} ({t.difference:+.4f}), p = {t.p_value:.2g}"
+            + (f" < alpha {t.alpha}: drifted" if t.drifted else f" >= alpha {t.alpha}")
+        )
+    else:
+        console.print("target drift: not measured (a month has no labels)")
     if r.prediction is not None:
         console.print(f"prediction drift: {r.prediction_drift:.4f}")
     console.print(f"report: {r.html_path}")
@@ -328,14 +392,51 @@ def drift(
 def monitor(
     reference: Annotated[str, typer.Option(help="Snapshot production was trained on.")],
     current: Annotated[str, typer.Option(help="The new snapshot.")],
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            min=0, max=1, help="Feature-drift share that retrains (default STREAMFLOW_DRIFT_THRESHOLD)."
+        ),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Candidate model type (default logreg).")] = None,
+    feature_service: Annotated[
+        str | None, typer.Option(help="Candidate's Feast FeatureService (default churn_v2).")
+    ] = None,
 ) -> None:
-    """Drift check, then (above the threshold) a candidate on CURRENT through the gate."""
-    from streamflow.monitoring.retrain import monitor_and_retrain
+    """Drift check, then (when a retraining trigger fires) a candidate on CURRENT through the gate.
 
-    d = monitor_and_retrain(
-        get_settings(), parse_date(reference, "--reference"), parse_date(current, "--current")
+    Triggers: feature-drift share >= threshold; target drift p < STREAMFLOW_TARGET_DRIFT_ALPHA;
+    production's hold-out ROC-AUC on CURRENT's labels more than STREAMFLOW_RETRAIN_AUC_DROP below
+    its training one."""
+    from streamflow.monitoring import retrain
+
+    ref, cur = parse_date(reference, "--reference"), parse_date(current, "--current")
+    try:
+        check_feature_service(feature_service)
+        d = retrain.monitor_and_retrain(
+            get_settings(),
+            ref,
+            cur,
+            threshold,
+            model or retrain.MODEL_TYPE,
+            feature_service or retrain.FEATURE_SERVICE,
+        )
+    except monitoring_errors() as exc:
+        raise fail(str(exc), 2) from None
+    if not d.retrained:
+        # "no retraining: " and every trigger's figures
+        console.print(d.reason, highlight=False, soft_wrap=True)
+        return
+    console.print(f"retraining triggered by {', '.join(d.fired)}:", highlight=False)
+    for t in d.triggers:
+        console.print(f"  {'fired' if t.fired else 'not fired'}: {t.detail}", highlight=False, soft_wrap=True)
+    outcome = "promoted" if d.promoted else f"not promoted, production stays v{d.production_version}"
+    against = "" if d.production_auc is None else f" vs production {d.production_auc:.4f}"
+    console.print(
+        f"candidate v{d.candidate_version} {outcome}: hold-out ROC-AUC {d.candidate_auc:.4f}{against}"
+        f" on {d.holdout_users:,} users of {d.current}",
+        highlight=False,
     )
-    console.print(f"{'promoted' if d.promoted else 'kept production'}: {d.reason}")
 
 
 @app.command()

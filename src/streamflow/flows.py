@@ -207,6 +207,8 @@ def monitor_task(
     threshold: float | None,
     model_type: str | None,
     feature_service: str | None,
+    target_alpha: float | None = None,
+    auc_drop: float | None = None,
 ) -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -216,12 +218,15 @@ def monitor_task(
         get_settings(),
         date.fromisoformat(reference),
         date.fromisoformat(current),
-        retrain.DRIFT_THRESHOLD if threshold is None else threshold,
+        threshold,
         model_type or retrain.MODEL_TYPE,
         feature_service or retrain.FEATURE_SERVICE,
+        target_alpha=target_alpha,
+        auc_drop=auc_drop,
     )
-    get_run_logger().info("retraining: %s", decision.reason)
-    return {k: v.isoformat() if isinstance(v, date) else v for k, v in asdict(decision).items()}
+    get_run_logger().info("triggers fired: %s; %s", ", ".join(decision.fired) or "none", decision.reason)
+    out = {k: v.isoformat() if isinstance(v, date) else v for k, v in asdict(decision).items()}
+    return out | {"fired": list(decision.fired)}
 
 
 @flow(name="score_snapshot")
@@ -243,9 +248,11 @@ def monitor_and_retrain_flow(
     threshold: float | None = None,
     model_type: str | None = None,
     feature_service: str | None = None,
+    target_alpha: float | None = None,
+    auc_drop: float | None = None,
 ) -> dict[str, Any]:
-    """Drift report -> (drift share above threshold) train a candidate -> gate -> promote or keep.
+    """Drift report -> (a retraining trigger fires) train a candidate -> gate -> promote or keep.
 
-    Unset parameters take streamflow.monitoring.retrain's defaults (DRIFT_THRESHOLD 0.3, logreg on
-    churn_v2)."""
-    return monitor_task(reference, current, threshold, model_type, feature_service)
+    Unset thresholds come from settings (drift_threshold, target_drift_alpha, retrain_auc_drop); the
+    candidate is streamflow.monitoring.retrain's MODEL_TYPE on FEATURE_SERVICE unless given."""
+    return monitor_task(reference, current, threshold, model_type, feature_service, target_alpha, auc_drop)

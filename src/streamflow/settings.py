@@ -62,6 +62,37 @@ class Settings(BaseSettings):
     online_timeout_s: float = Field(default=2.0, gt=0, description="Budget for one online-store read.")
     predict_batch_max: int = Field(default=1000, ge=1, description="Most user ids in one /predict/batch.")
 
+    # Monitoring: the API's prediction log, and what makes `streamflow monitor` retrain.
+    prediction_log_buffer_size: int = Field(
+        default=100_000,
+        ge=1,
+        description="Most prediction-log entries held in memory (~20 MB), written or not; beyond, dropped.",
+    )
+    prediction_log_batch_size: int = Field(default=5_000, ge=1, description="Prediction-log rows per COPY.")
+    prediction_log_flush_interval_s: float = Field(
+        default=1.0, gt=0, description="Longest a partial prediction-log batch waits before it is written."
+    )
+    prediction_log_shutdown_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Budget for the prediction log's final flush at shutdown; what is left is dropped.",
+    )
+    drift_threshold: float = Field(
+        default=0.3, ge=0, le=1, description="Retrain when the share of drifted features reaches this."
+    )
+    target_drift_alpha: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Retrain when the churn-rate test between two months' labels has p below this (0: off).",
+    )
+    retrain_auc_drop: float = Field(
+        default=0.05,
+        ge=0,
+        description="Retrain when production's hold-out ROC-AUC on the current month's labels is more than"
+        " this below its recorded training hold-out ROC-AUC.",
+    )
+
     @property
     def pg_dir(self) -> Path:
         return (self.embedded_pg_dir or self.state_dir / "pg").resolve()

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
+from types import SimpleNamespace
 
 import mlflow
 import numpy as np
 import pytest
+from click.testing import Result
 
 from streamflow import db
 from streamflow.features.definitions import feature_spec
-from streamflow.monitoring.drift import DriftResult, drift_report, latest_drift_share
-from streamflow.monitoring.retrain import gate_split, monitor_and_retrain
+from streamflow.monitoring.drift import DriftResult, TargetDrift, drift_report, latest_drift_share
+from streamflow.monitoring.retrain import HoldoutAuc, evaluate_triggers, gate_split, monitor_and_retrain
 from streamflow.monitoring.scoring import load_scores, score_snapshot
 from streamflow.registry import production_version, promote
 from streamflow.settings import Settings
@@ -95,7 +97,7 @@ def test_drift_on_the_real_months(monitored: TrainedStack, drift: DriftResult) -
     assert target.reference_rate == pytest.approx(1869 / USERS)
     assert target.current_rate == pytest.approx(1701 / USERS)
     assert target.difference == pytest.approx((1701 - 1869) / USERS) and target.difference != 0
-    assert 0 < target.p_value < 0.05 and target.drifted
+    assert 0 < target.p_value < target.alpha == s.target_drift_alpha == 0.05 and target.drifted
 
     # Prediction drift from the production model's batch scores of both snapshots.
     prediction = drift.prediction
@@ -125,14 +127,40 @@ def _fitted_on(settings: Settings, as_of: date, service: str) -> set[str]:
     return set(frame["user_id"][~holdout_mask(frame["user_id"])])
 
 
-def test_drift_above_threshold_trains_and_promotes_a_better_candidate(monitored: TrainedStack) -> None:
+def test_target_drift_retrains_though_feature_drift_is_under_the_threshold(
+    monitored: TrainedStack, drift: DriftResult
+) -> None:
+    """The real months: few features drift, but the churn rate of February's labels differs from
+    January's; that alone retrains, and the candidate beats January's model on February."""
     s = monitored.settings
     baseline = monitored.baseline.version
     promote(s, version=baseline, force=True, by="test_monitoring")
+    assert drift.drift_share < s.drift_threshold  # feature drift alone would train nothing
+    assert drift.target is not None and drift.target.p_value < s.target_drift_alpha
 
-    decision = monitor_and_retrain(s, JAN, FEB, threshold=0.0)  # any drift triggers
+    # Default threshold and alpha; the ROC-AUC trigger is measured but switched off (a drop can't
+    # exceed 1), so the target drift is the one trigger that fires.
+    decision = monitor_and_retrain(s, JAN, FEB, auc_drop=1.0, drift=drift)
 
     assert decision.retrained and decision.promoted, decision.reason
+    assert decision.fired == ("target_drift",)
+    triggers = {t.name: t for t in decision.triggers}
+    assert set(triggers) == {"feature_drift", "target_drift", "holdout_auc"}
+    assert triggers["feature_drift"].value == drift.drift_share and not triggers["feature_drift"].fired
+    target = triggers["target_drift"]
+    assert target.value == drift.target.p_value == decision.target_drift_p_value  # reused, not recomputed
+    assert target.limit == s.target_drift_alpha == decision.target_alpha
+    assert f"p = {drift.target.p_value:.2g} < alpha {s.target_drift_alpha}" in target.detail
+    assert decision.reason.startswith("retrained on target_drift: target drift: churn rate")
+    # Production's (January's) hold-out ROC-AUC on February, next to the one recorded at training;
+    # at the default margin this trigger would fire too.
+    auc = triggers["holdout_auc"]
+    recorded = float(monitored.baseline.metrics["roc_auc"])
+    assert decision.production_auc_recorded == pytest.approx(recorded)
+    assert decision.production_auc_current == decision.production_auc  # the gate's own figure
+    assert auc.value == pytest.approx(recorded - decision.production_auc_current)
+    assert not auc.fired and auc.value > s.retrain_auc_drop
+
     assert decision.production_version == baseline and production_version(s) == decision.candidate_version
     assert decision.candidate_auc - decision.production_auc >= s.promotion_margin
     use_mlflow(s)
@@ -141,8 +169,14 @@ def test_drift_above_threshold_trains_and_promotes_a_better_candidate(monitored:
     assert tags["as_of"] == FEB.isoformat() and tags["feature_service"] == "churn_v2"
     assert tags["model_type"] == "logreg" and tags["retrain_decision"] == "promoted"
     assert tags["gate_decision"] == "promoted" and tags["leakage_check"].startswith("passed")
-    assert "drift share" in tags["retrain_reason"] and tags["retrain_drift_run_id"] == decision.drift_run_id
-    assert client.get_run(decision.drift_run_id).data.tags["retrain_decision"] == "promoted"
+    assert tags["retrain_triggers"] == "target_drift" and "target drift" in tags["retrain_reason"]
+    assert tags["retrain_drift_run_id"] == decision.drift_run_id
+    run = client.get_run(decision.drift_run_id).data
+    assert run.tags["retrain_decision"] == "promoted" and run.tags["retrain_triggers"] == "target_drift"
+    assert run.tags["retrain_trigger.target_drift"] == target.detail
+    assert run.tags["retrain_trigger.feature_drift"] == triggers["feature_drift"].detail
+    assert run.metrics["target_drift_p_value"] == pytest.approx(drift.target.p_value)
+    assert run.metrics["production_holdout_auc_drop"] == pytest.approx(auc.value)
 
     # No leakage: recomputed from the training sets, the gate's users (hold-out of February) are
     # disjoint from the users either model was fitted on, and the same hash set in both months.
@@ -163,25 +197,127 @@ def test_a_candidate_that_is_not_better_enough_is_not_promoted(
     s = monitored.settings.model_copy(update={"promotion_margin": 0.5})
     before = production_version(s)
 
-    decision = monitor_and_retrain(s, JAN, FEB, threshold=0.0, drift=drift)
+    # Only the feature-drift trigger is on, and any drift reaches a threshold of 0.
+    decision = monitor_and_retrain(s, JAN, FEB, threshold=0.0, target_alpha=0.0, auc_drop=1.0, drift=drift)
 
     assert decision.retrained and not decision.promoted
+    assert decision.fired == ("feature_drift",) and "feature drift share" in decision.reason
     assert production_version(s) == before == decision.production_version
     assert "does not beat production" in decision.reason
     use_mlflow(s)
     tags = mlflow.MlflowClient().get_model_version(s.model_name, str(decision.candidate_version)).tags
     assert tags["retrain_decision"] == "kept production" and tags["gate_decision"] == "rejected"
-    assert tags["leakage_check"].startswith("passed")
+    assert tags["retrain_triggers"] == "feature_drift" and tags["leakage_check"].startswith("passed")
 
 
-def test_drift_below_threshold_trains_nothing(monitored: TrainedStack, drift: DriftResult) -> None:
+def test_no_trigger_fires_trains_nothing(monitored: TrainedStack, drift: DriftResult) -> None:
     s = monitored.settings
     versions, before = _versions(s), production_version(s)
 
-    decision = monitor_and_retrain(s, JAN, FEB, threshold=0.99, drift=drift)
+    decision = monitor_and_retrain(s, JAN, FEB, threshold=0.99, target_alpha=0.0, auc_drop=1.0, drift=drift)
 
     assert not decision.retrained and not decision.promoted and decision.candidate_version is None
-    assert "no retraining" in decision.reason and f"{drift.drift_share:.3f}" in decision.reason
+    assert decision.fired == () and decision.reason.startswith("no retraining: ")
+    assert (
+        f"feature drift share {drift.drift_share:.3f}" in decision.reason
+        and "< threshold 0.99" in decision.reason
+    )
+    assert f"p = {drift.target.p_value:.2g} >= alpha 0.0" in decision.reason
+    assert "hold-out ROC-AUC" in decision.reason and "<= margin 1.0" in decision.reason
     assert _versions(s) == versions and production_version(s) == before
     use_mlflow(s)
-    assert mlflow.MlflowClient().get_run(drift.mlflow_run_id).data.tags["retrain_decision"] == "skipped"
+    run = mlflow.MlflowClient().get_run(drift.mlflow_run_id).data
+    assert run.tags["retrain_decision"] == "skipped" and run.tags["retrain_triggers"] == "none"
+    assert run.tags["retrain_reason"] == decision.reason
+
+
+def test_evaluate_triggers_reports_each_trigger_with_its_figures() -> None:
+    """The decision rule alone: each trigger fires on its own, at its limit as documented."""
+    target = TargetDrift(0.26, 0.24, -0.02, 0.01, 0.05, True, 7043, 7043)
+    fake = SimpleNamespace(
+        drift_share=0.3,
+        drifted_features=("a",) * 3,
+        features=dict.fromkeys("abcdefghij"),
+        feature_service="churn_v1",
+        target=target,
+        current=FEB,
+    )
+    auc = HoldoutAuc(version=1, trained_as_of=JAN, recorded=0.84, current=0.47)
+    assert auc.drop == pytest.approx(0.37)
+
+    fired = {t.name: t.fired for t in evaluate_triggers(fake, 0.3, 0.05, auc, 0.05)}
+    assert fired == {"feature_drift": True, "target_drift": True, "holdout_auc": True}  # share reaches 0.3
+    fired = {t.name: t.fired for t in evaluate_triggers(fake, 0.31, 0.01, auc, 0.38)}
+    assert fired == {"feature_drift": False, "target_drift": False, "holdout_auc": False}  # p not < alpha
+    fired = {t.name: t.fired for t in evaluate_triggers(fake, 0.31, 0.01, auc, 0.36)}
+    assert fired == {"feature_drift": False, "target_drift": False, "holdout_auc": True}
+
+    no_labels = SimpleNamespace(**(vars(fake) | {"target": None}))
+    triggers = evaluate_triggers(no_labels, 0.5, 0.05, None, 0.05, auc_missing="not measured (no labels)")
+    assert [(t.name, t.fired, t.value) for t in triggers] == [
+        ("feature_drift", False, 0.3),
+        ("target_drift", False, None),
+        ("holdout_auc", False, None),
+    ]
+    assert triggers[2].detail == "hold-out ROC-AUC not measured (no labels)"
+
+
+@pytest.fixture
+def cli(monitored: TrainedStack, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    """Run `streamflow ...` in-process on the test stack."""
+    from typer.testing import CliRunner
+
+    from streamflow import cli as module
+
+    def run(*args: str, settings: Settings | None = None) -> Result:
+        monkeypatch.setattr(module, "get_settings", lambda: settings or monitored.settings)
+        return CliRunner().invoke(module.app, list(args))
+
+    return run
+
+
+def test_cli_errors_exit_2_with_one_line(monitored: TrainedStack, cli: Callable[..., Result]) -> None:
+    s = monitored.settings
+    use_mlflow(s)
+    client = mlflow.MlflowClient()
+    before = production_version(s)
+    assert before is not None
+    client.delete_registered_model_alias(s.model_name, s.production_alias)
+    try:
+        result = cli("score", "--as-of", FEB.isoformat())
+    finally:
+        client.set_registered_model_alias(s.model_name, s.production_alias, str(before))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        f"error: no version of {s.model_name} holds @{s.production_alias}: promote a version first"
+        " (streamflow promote), or pass --version"
+    ]
+    assert result.stdout == "" and "Traceback" not in result.output
+
+    cases = {
+        f"score --as-of {FEB} --version 999": f"--version: {s.model_name} has no version 999",
+        f"drift --reference 2023-12-31 --current {FEB}": "no snapshot at as_of 2023-12-31",
+        f"monitor --reference 2023-12-31 --current {FEB}": "no snapshot at as_of 2023-12-31",
+        f"drift --reference {JAN} --current {FEB} --feature-service nope": "unknown feature service 'nope'",
+        f"monitor --reference {JAN} --current {FEB} --feature-service nope": "unknown feature service 'nope'",
+    }
+    for args, message in cases.items():
+        result = cli(*args.split())
+        assert result.exit_code == 2, (args, result.output)
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, lines)
+
+
+def test_cli_monitor_says_why_nothing_was_retrained(
+    monitored: TrainedStack, cli: Callable[..., Result]
+) -> None:
+    s = monitored.settings.model_copy(update={"target_drift_alpha": 0.0, "retrain_auc_drop": 1.0})
+    versions = _versions(s)
+
+    result = cli(*f"monitor --reference {JAN} --current {FEB} --threshold 0.99".split(), settings=s)
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("no retraining: feature drift share "), lines
+    assert "< threshold 0.99" in lines[0] and ">= alpha 0.0" in lines[0] and "<= margin 1.0" in lines[0]
+    assert _versions(s) == versions

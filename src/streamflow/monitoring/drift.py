@@ -8,7 +8,8 @@ thousands of rows. ``num_method``/``cat_method`` select a test instead (e.g. "ks
 feature's ``p_value`` is set when its method is a statistical test.
 
 Target drift compares the churn rate in the labels OF EACH MONTH (labels as_of=reference vs labels
-as_of=current, never one month's labels twice), with a two-proportion z-test. Prediction drift
+as_of=current, never one month's labels twice), with a two-proportion z-test; it is flagged when its
+p-value is below ``settings.target_drift_alpha`` (a retraining trigger, see retrain.py). Prediction drift
 compares the production model's batch scores of both snapshots (scored first if they are not yet).
 
 Each report is saved as HTML + JSON under ``settings.reports_dir``, logged as an MLflow run in the
@@ -72,6 +73,7 @@ class TargetDrift:
     current_rate: float  # churn rate in the current month's labels
     difference: float  # current - reference
     p_value: float  # two-proportion z-test
+    alpha: float  # drifted when p_value < alpha (settings.target_drift_alpha)
     drifted: bool
     reference_rows: int
     current_rows: int
@@ -236,7 +238,9 @@ def drift_report(
         DataDriftPreset(columns=[*spec.names], num_method=num_method, cat_method=cat_method)
     ]
     if labelled:
-        metrics.append(ValueDrift(column=TARGET_COLUMN, method=TARGET_METHOD))
+        metrics.append(
+            ValueDrift(column=TARGET_COLUMN, method=TARGET_METHOD, threshold=settings.target_drift_alpha)
+        )
     if model is not None:
         metrics.append(ValueDrift(column=PREDICTION_COLUMN))
     columns = [*spec.names, *([TARGET_COLUMN] if labelled else []), *([PREDICTION_COLUMN] if model else [])]
@@ -268,12 +272,13 @@ def drift_report(
     target = None
     if labelled:
         ref_y, cur_y = (data[d][TARGET_COLUMN].dropna() for d in (reference, current))
-        method, p_value, _, target_drifted = by_column[TARGET_COLUMN]
+        method, p_value, alpha, target_drifted = by_column[TARGET_COLUMN]
         target = TargetDrift(
             reference_rate=float(ref_y.mean()),
             current_rate=float(cur_y.mean()),
             difference=float(cur_y.mean() - ref_y.mean()),
             p_value=p_value,
+            alpha=alpha,
             drifted=target_drifted,
             reference_rows=len(ref_y),
             current_rows=len(cur_y),
@@ -317,6 +322,7 @@ def drift_report(
                 "num_method": num_method or "auto",
                 "cat_method": cat_method or "auto",
                 "target_method": TARGET_METHOD,
+                "target_alpha": settings.target_drift_alpha,
                 "production_version": model.version if model else "none",
             }
         )

@@ -17,7 +17,7 @@ import logging
 from collections import deque
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 import psycopg
 
@@ -26,11 +26,8 @@ from streamflow.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Defaults until Settings has them: Settings.prediction_log_<name> wins when it exists.
-BUFFER_SIZE = 100_000  # entries held in memory at most (~20 MB), written or not
-BATCH_SIZE = 5_000  # rows per COPY
-FLUSH_INTERVAL_S = 1.0  # a partial batch waits at most this long
-SHUTDOWN_TIMEOUT_S = 10.0  # budget for the final flush; what is left after it is dropped (counted)
+# Buffer size, batch size, flush interval and shutdown budget: Settings.prediction_log_* (each can be
+# overridden per instance, as tests do).
 WRITE_TIMEOUT_S = 30.0  # one COPY batch; a hung server must not hold the writer forever
 RETRY_MAX_S = 10.0  # backoff ceiling while PostgreSQL is unreachable
 
@@ -54,10 +51,6 @@ class _Counter(Protocol):  # a prometheus_client Counter, or anything with inc()
     def inc(self, amount: float = 1) -> None: ...
 
 
-def _setting(settings: Settings, name: str, default: Any) -> Any:
-    return getattr(settings, f"prediction_log_{name}", default)
-
-
 class PredictionLog:
     def __init__(
         self,
@@ -71,11 +64,13 @@ class PredictionLog:
         dropped: _Counter | None = None,
     ) -> None:
         self.settings = settings
-        self.buffer_size = buffer_size or _setting(settings, "buffer_size", BUFFER_SIZE)
-        self.batch_size = batch_size or _setting(settings, "batch_size", BATCH_SIZE)
-        self.flush_interval_s = flush_interval_s or _setting(settings, "flush_interval_s", FLUSH_INTERVAL_S)
-        self.shutdown_timeout_s = shutdown_timeout_s or _setting(
-            settings, "shutdown_timeout_s", SHUTDOWN_TIMEOUT_S
+        self.buffer_size = settings.prediction_log_buffer_size if buffer_size is None else buffer_size
+        self.batch_size = settings.prediction_log_batch_size if batch_size is None else batch_size
+        self.flush_interval_s = (
+            settings.prediction_log_flush_interval_s if flush_interval_s is None else flush_interval_s
+        )
+        self.shutdown_timeout_s = (
+            settings.prediction_log_shutdown_timeout_s if shutdown_timeout_s is None else shutdown_timeout_s
         )
         self.written = 0
         self.dropped = 0
