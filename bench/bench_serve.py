@@ -234,6 +234,22 @@ def post(url: str, body: dict) -> tuple[int, dict]:
         return e.code, json.loads(e.read() or b"{}")
 
 
+def get_json(url: str) -> dict:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return json.loads(e.read() or b"{}")
+
+
+def metric(base: str, name: str) -> float:
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return float("nan")
+
+
 # --------------------------------------------------------------------------- measuring
 
 
@@ -405,8 +421,11 @@ def main() -> None:
     servers: list[Server] = []
     try:
         if known.get("database_name") == name and known.get("version"):
+            from streamflow.features.store import apply
+
             version = known["version"]
             log(f"reusing the stack in {state} (database {name}, version {version})")
+            apply(settings)  # the definitions (and online-table triggers) of this checkout
         else:
             log(f"building the stack in {state} (database {name})")
             version = build_stack(settings, state)
@@ -423,23 +442,37 @@ def main() -> None:
             "streamflow", [str(bin_dir / "streamflow"), "serve", "--workers", str(a.workers)], env, logs
         )
         servers.append(sf)
+        uncached = start(
+            "streamflow-nocache",
+            [str(bin_dir / "streamflow"), "serve", "--workers", str(a.workers)],
+            {**env, "STREAMFLOW_ONLINE_CACHE_MAX_USERS": "0"},
+            logs,
+        )
+        servers.append(uncached)
         course.wait_ready("/health")
-        sf.wait_ready("/ready")
+        for server in (sf, uncached):
+            server.wait_ready("/ready")
+        deadline = time.monotonic() + 30
+        while (cache := get_json(sf.base + "/ready")["online_cache"]) != "on" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        log(f"online cache of b: {cache}; of b0: {get_json(uncached.base + '/ready')['online_cache']}")
 
         # correctness: the two paths serve the same feature values for the same users
         mismatches, checked = 0, ids[:20]
         for u in checked:
             sa, ra = post(course.base + "/predict", {"user_id": u})
             sb, rb = post(sf.base + "/predict", {"user_id": u})
-            if sa != 200 or sb != 200:
-                raise RuntimeError(f"user {u}: course {sa} {ra}, streamflow {sb} {rb}")
-            mismatches += ra["features"] != rb["features_used"]
-        log(f"sanity: {len(checked)} users answered 200 by both; feature mismatches: {mismatches}")
+            sn, rn = post(uncached.base + "/predict", {"user_id": u})
+            if sa != 200 or sb != 200 or sn != 200:
+                raise RuntimeError(f"user {u}: course {sa} {ra}, streamflow {sb} {rb}, uncached {sn} {rn}")
+            mismatches += ra["features"] != rb["features_used"] or rb != rn
+        log(f"sanity: {len(checked)} users answered 200 by all three; mismatches: {mismatches}")
         log(f"example streamflow answer: {json.dumps(rb)[:300]}")
 
         targets = {
             "a": Target("a", "a course  POST /predict", course, "/predict", "POST", ids_file),
             "b": Target("b", "b sf      POST /predict", sf, "/predict", "POST", ids_file),
+            "b0": Target("b0", "b0 sf no cache /predict", uncached, "/predict", "POST", ids_file),
             "c": Target("c", "c sf      GET /health", sf, "/health", "GET", None),
         }
         engine = a.engine if a.engine != "auto" else ("wrk" if shutil.which("wrk") else "asyncio")
@@ -518,6 +551,11 @@ def main() -> None:
             ba, bc = rb["rps"] / ra["rps"], rb["rps"] / rc["rps"]
             pp = rb["p99_ms"] / rc["p99_ms"]
             print(f"  c={conc:<3} b/a req/s {ba:7.1f}x   b/c req/s {bc:5.2f}   p99(b)/p99(c) {pp:5.2f}")
+            r0 = med[("b0", conc)]
+            print(
+                f"  c={conc:<3} without the cache: b0/a {r0['rps'] / ra['rps']:7.1f}x   "
+                f"b0/c {r0['rps'] / rc['rps']:5.2f}   p99(b0)/p99(c) {r0['p99_ms'] / rc['p99_ms']:5.2f}"
+            )
             if conc == 16:
                 goals += [
                     ("b/a req/s >= 50x at c=16", f"{ba:.1f}x", ba >= 50),
@@ -530,6 +568,8 @@ def main() -> None:
         print()
         for text, value, ok in goals:
             print(f"  [{'met' if ok else 'MISSED'}] {text}: {value}")
+        hits, misses = (metric(sf.base, f"streamflow_online_cache_{k}_total") for k in ("hits", "misses"))
+        print(f"\nb's online cache: {hits:,.0f} hits, {misses:,.0f} misses over the whole run")
         print(
             "\nsrv CPU µs/r: CPU of the server process(es) per request, from /proc (less sensitive to other"
             " jobs than req/s);\nsrv core: its CPU seconds per wall second (1 = one full core);"

@@ -3,27 +3,25 @@
 Run by bench_serve.py (settings from STREAMFLOW_* variables):
     python bench/profile_predict.py --ids bodies.txt [-n 2000]
 
-Builds the real app with ``create_app(settings)``, runs its lifespan (model loaded, pool open), then
-times with time.perf_counter (wall) and time.thread_time (CPU of this thread):
-  * the whole app through ASGI, called directly (POST /predict, GET /health): what the HTTP server
-    hands to the app, minus sockets and HTTP parsing;
-  * each step of the /predict handler on the same objects the handler uses: request parsing and
-    validation, the online read (and its parts: entity-key serialisation, the PostgreSQL round
-    trip, value decoding), freshness checks, the ONNX model, response validation + JSON, metrics;
-  * cheaper alternatives for the steps that matter, to size the suggestions.
-Nothing in src/ is modified: alternatives are re-implemented here.
+Builds the real app with ``create_app(settings)``, runs its lifespan (model loaded, pool open, online
+cache listening), then times with time.perf_counter (wall) and time.thread_time (CPU of this thread):
+  * the whole app through ASGI, called directly (POST /predict with the online cache warm and with
+    it off, GET /health): what the HTTP server hands to the app, minus sockets and HTTP parsing;
+  * each step of the /predict handler, with the cache warm and off, on the objects the handler uses;
+  * the steps in isolation, with the alternatives the handler does not take, to size them.
+Nothing in src/ is modified: the cache is switched off and on through its own flag.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -175,26 +173,28 @@ class Probes:
 # Printed in this order; indentation shows where each probe sits in the request.
 PROBE_TREE = [
     ("asgi", "whole app (rest: middleware stack incl. metrics, routing, request/response objects)"),
-    ("request", "  request: body read + json.loads (starlette Request.json)"),
-    ("validate", "  request: solve_dependencies (PredictRequest validation)"),
-    ("endpoint", "  endpoint: predict handler (rest: building the response dict, as_of...)"),
-    ("read", "    online read: reader.read (rest: asyncio.timeout, decoding x14, UserFeatures)"),
+    ("request", "  request: body read + PredictRequest.model_validate_json"),
+    ("endpoint", "  endpoint: predict handler (rest: memo lookup, metrics, prediction log, dict)"),
+    ("read", "    online read: reader.read (rest: cache lookup, decoding x14, UserFeatures)"),
     ("key", "      entity key: serialize_entity_key"),
     ("getconn", "      pool: getconn"),
-    ("execute", "      psycopg: conn.execute (compose query, dump params, send, wait, receive)"),
+    ("execute", "      psycopg: conn.execute (send, wait, receive)"),
     ("fetchall", "      psycopg: cursor.fetchall (load rows)"),
     ("putconn", "      pool: putconn (+ connection __aexit__)"),
     ("problems", "    freshness checks: service.problems"),
     ("model", "    model: predictor.predict_one (ONNX)"),
-    ("serialize", "  response: serialize_response (Prediction validation + dump_json)"),
+    ("serialize", "    response: orjson.dumps"),
 ]
 
 
 async def instrumented(app, service, model, call, bodies: list[bytes], n: int) -> None:
     import fastapi.routing as fr
+    import orjson
     import psycopg
     import psycopg_pool
     import starlette.requests as sr
+
+    from streamflow.serving.app import PredictRequest
 
     probes = Probes()
     reader = service.reader
@@ -206,10 +206,10 @@ async def instrumented(app, service, model, call, bodies: list[bytes], n: int) -
         )
         setattr(obj, attr, new)
 
-    patch(fr, "solve_dependencies", probes.coro("validate", fr.solve_dependencies))
-    patch(fr, "serialize_response", probes.coro("serialize", fr.serialize_response))
     patch(fr, "run_endpoint_function", probes.coro("endpoint", fr.run_endpoint_function))
-    patch(sr.Request, "json", probes.coro("request", sr.Request.json))
+    patch(sr.Request, "body", probes.coro("request", sr.Request.body))
+    patch(PredictRequest, "model_validate_json", probes.sync("request", PredictRequest.model_validate_json))
+    patch(orjson, "dumps", probes.sync("serialize", orjson.dumps))
     patch(reader, "read", probes.coro("read", reader.read))
     patch(reader, "_key", probes.sync("key", reader._key))
     patch(
@@ -275,62 +275,22 @@ def forest_size(settings, model) -> None:
     )
 
 
-def decode_fast(rows) -> dict:
-    """Feast's value decoding for scalar values, without the generic type_map path."""
-    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-
-    out = {}
-    for _key, name, value, _ts in rows:
-        proto = ValueProto.FromString(value)
-        kind = proto.WhichOneof("val")
-        out[name] = None if kind is None or kind == "null_val" else getattr(proto, kind)
-    return out
-
-
-class LeanReader:
-    """A single-user online read with the per-call work hoisted out: the SQL rendered to bytes once
-    (feature names inlined as literals), one bytea parameter, direct protobuf decoding."""
-
-    @classmethod
-    async def create(cls, reader, spec) -> LeanReader:
-        from psycopg import sql
-
-        from streamflow.serving.online import _views
-
-        self = cls()
-        self.reader = reader
-        parts = [
-            sql.SQL(
-                "SELECT entity_key, feature_name, value, event_ts FROM {}"
-                " WHERE entity_key = %s AND feature_name IN ({})"
-            ).format(
-                sql.Identifier(reader._schema, f"{reader._project}_{view}"),
-                sql.SQL(", ").join(sql.Literal(f) for f in fields),
-            )
-            for view, fields in _views(spec).items()
-        ]
-        async with reader._pool.connection() as conn:
-            self.query = sql.SQL(" UNION ALL ").join(parts).as_bytes(conn)
-        self.nparams = len(parts)
-        return self
-
-    async def read(self, user_id: str) -> dict:
-        key = self.reader._key(user_id)
-        async with asyncio.timeout(2.0), self.reader._pool.connection() as conn:
-            cur = await conn.execute(self.query, (key,) * self.nparams)
-            rows = await cur.fetchall()
-        return decode_fast(rows)
+@contextlib.contextmanager
+def cache_off(reader):
+    """Every read goes to PostgreSQL (and every prediction to the model) while inside."""
+    cache = reader.cache
+    cache.enabled = False
+    try:
+        yield
+    finally:
+        cache.enabled = True
 
 
 async def main_async(ids: list[str], n: int) -> None:
     import orjson
-    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-    from feast.type_map import feast_value_type_to_python_type
     from pydantic import TypeAdapter
 
-    from streamflow.serving import app as app_mod
     from streamflow.serving.app import Prediction, PredictRequest, create_app
-    from streamflow.serving.online import UserFeatures
     from streamflow.settings import Settings
 
     settings = Settings()
@@ -342,70 +302,48 @@ async def main_async(ids: list[str], n: int) -> None:
         reader = service.reader
         bodies = [json.dumps({"user_id": u}).encode() for u in ids]
         k = len(ids)
-
-        print(f"model version {model.version}, {len(spec.names)} features, {k} user ids, n={n} per step\n")
+        deadline = time.monotonic() + 30
+        while not reader.cache.usable and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        print(
+            f"model version {model.version}, {len(spec.names)} features, {k} user ids, n={n} per step, "
+            f"online cache {'on' if reader.cache.usable else 'OFF: ' + reader.cache.reason}\n"
+        )
         print("whole app via ASGI (no sockets, no HTTP parsing):")
         predict_call = asgi_caller(app, "POST", "/predict")
         health_call = asgi_caller(app, "GET", "/health")
-        statuses = {await predict_call(bodies, i) for i in range(50)}
+        statuses = {await predict_call(bodies, i) for i in range(k)}  # every user cached and scored
         assert statuses == {200}, statuses
-        total = await time_async("POST /predict (whole app)", lambda i: predict_call(bodies, i), n)
-        health = await time_async("GET /health (whole app)", lambda i: health_call(), n)
+        total = await time_async("POST /predict, online cache warm", lambda i: predict_call(bodies, i), n)
+        with cache_off(reader):
+            await time_async("POST /predict, online cache off", lambda i: predict_call(bodies, i), n)
+        health = await time_async("GET /health", lambda i: health_call(), n)
 
-        print("\nPOST /predict through ASGI with probes (CPU µs per request, exclusive of nested probes):")
+        print("\nPOST /predict, cache warm, with probes (CPU µs per request, exclusive of nested probes):")
         await instrumented(app, service, model, predict_call, bodies, n)
+        print("\nPOST /predict, cache off, with probes:")
+        with cache_off(reader):
+            await instrumented(app, service, model, predict_call, bodies, n)
 
-        print("\nsteps of POST /predict in isolation, and cheaper alternatives:")
+        print("\nsteps of POST /predict in isolation, and the alternatives the handler does not take:")
+        time_sync(
+            "request: PredictRequest.model_validate_json(body)",
+            lambda i: PredictRequest.model_validate_json(bodies[i % k]),
+            n * 5,
+        )
         adapter_req = TypeAdapter(PredictRequest)
         time_sync(
-            "request: json.loads(body) + PredictRequest validation",
+            "    FastAPI's way: json.loads + validate_python",
             lambda i: adapter_req.validate_python(json.loads(bodies[i % k])),
             n * 5,
         )
+        await time_async("online read: cache hit", lambda i: reader.read([ids[i % k]], spec), n * 5)
         await time_async(
-            "online read: reader.read([user_id]) (total)", lambda i: reader.read([ids[i % k]], spec), n
-        )
-        time_sync(
-            "  entity-key serialisation (protobuf + feast serialize_entity_key)",
-            lambda i: reader._key(ids[i % k]),
-            n * 5,
-        )
-
-        query = reader._query(spec, True)
-
-        async def raw_query(i: int):
-            async with reader._pool.connection() as conn:
-                cur = await conn.execute(query, {"keys": reader._key(ids[i % k])})
-                return await cur.fetchall()
-
-        await time_async("  PostgreSQL round trip (pool checkout + execute + fetchall)", raw_query, n)
-        rows = await raw_query(0)
-        lean = await LeanReader.create(reader, spec)
-        for u in ids:  # the alternative returns exactly what the API reads, for every user
-            assert (await lean.read(u)) == (await reader.read([u], spec))[0].values, u
-        await time_async(
-            "    alternative: lean read (query bytes rendered once, one bytea param)",
-            lambda i: lean.read(ids[i % k]),
+            "online read: PostgreSQL (key, pool, query, decode)",
+            lambda i: reader._fetch([ids[i % k]], spec),
             n,
         )
-
-        def decode(_: int):
-            out = {}
-            for _key, name, value, ts in rows:
-                proto = ValueProto()
-                proto.ParseFromString(value)
-                out[name] = feast_value_type_to_python_type(proto)
-                _ = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
-            return out
-
-        time_sync(
-            f"  decode {len(rows)} values (ParseFromString + feast_value_type_to_python_type)", decode, n * 2
-        )
-        assert decode_fast(rows) == decode(0), (decode_fast(rows), decode(0))
-        time_sync("    alternative: FromString + WhichOneof/getattr", lambda i: decode_fast(rows), n * 2)
-
-        found = (await reader.read([ids[0]], spec))[0]
-        everyone = [(await reader.read([u], spec))[0] for u in ids]
+        everyone = [(await reader._fetch([u], spec))[0] for u in ids]
         time_sync(
             "freshness/completeness: service.problems(found, model)",
             lambda i: service.problems(everyone[i % k], model),
@@ -416,14 +354,9 @@ async def main_async(ids: list[str], n: int) -> None:
             lambda i: model.predictor.predict_one(everyone[i % k].values),
             n * 5,
         )
-        time_sync(
-            "model: predictor.predict_one, the same user every time (cache-hot)",
-            lambda i: model.predictor.predict_one(found.values),
-            n * 5,
-        )
         forest_size(settings, model)
-
-        probability = float(model.predictor.predict_one(found.values))
+        found = everyone[0]
+        probability = model.predictor.predict_one(found.values)
         content = {
             "user_id": ids[0],
             "prediction": int(probability >= model.threshold),
@@ -433,16 +366,15 @@ async def main_async(ids: list[str], n: int) -> None:
             "features_used": found.values,
             "as_of": found.as_of,
         }
+        time_sync(
+            "response: orjson.dumps(dict)", lambda i: orjson.dumps(content, option=orjson.OPT_UTC_Z), n * 5
+        )
         adapter_resp = TypeAdapter(Prediction)
         time_sync(
-            "response: Prediction validation + dump_json (FastAPI's path)",
+            "    FastAPI's way: Prediction validation + dump_json",
             lambda i: adapter_resp.dump_json(adapter_resp.validate_python(content)),
             n * 5,
         )
-        time_sync(
-            "    alternative: orjson.dumps(dict) (no response model)", lambda i: orjson.dumps(content), n * 5
-        )
-
         m = service.metrics
         time_sync(
             "metrics: predictions.labels().inc() + middleware's requests/latency",
@@ -452,77 +384,6 @@ async def main_async(ids: list[str], n: int) -> None:
                 m.latency.labels("/predict", "POST").observe(0.001),
             ),
             n * 5,
-        )
-        c1, c2, c3 = (
-            m.predictions.labels("0", "1"),
-            m.requests.labels("/x", "POST", "200"),
-            m.latency.labels("/x", "POST"),
-        )
-        time_sync(
-            "    alternative: cached children (.inc()/.observe() only)",
-            lambda i: (c1.inc(), c2.inc(), c3.observe(0.001)),
-            n * 5,
-        )
-
-        print(
-            "\nwhat-if, whole app via ASGI: pieces swapped in THIS process only, variants interleaved "
-            f"in {ROUNDS} rounds, medians (CPU µs/request, wall µs/request):"
-        )
-        stamp = next(iter(found.event_ts.values()))
-        cache = {f.user_id: f for f in everyone}
-        original_read, original_predict = reader.read, model.predictor.predict_one
-
-        async def lean_read(user_ids, spec_):
-            out = []
-            for u in user_ids:
-                f = UserFeatures(u)
-                f.values = await lean.read(u)
-                f.event_ts = dict.fromkeys(f.values, stamp)
-                out.append(f)
-            return out
-
-        async def cached_read(user_ids, spec_):
-            return [cache[u] for u in user_ids]
-
-        def stub_model(values):
-            return 0.25
-
-        variants = {
-            "as is": (original_read, original_predict, "POST"),
-            "lean read (SQL bytes once, 1 param, fast decode)": (lean_read, original_predict, "POST"),
-            "features from an in-process dict (no PostgreSQL)": (cached_read, original_predict, "POST"),
-            "model stubbed (constant), PostgreSQL read kept": (original_read, stub_model, "POST"),
-            "features from dict + model stubbed (the framework floor)": (cached_read, stub_model, "POST"),
-            "GET /health": (original_read, original_predict, "GET"),
-        }
-        samples: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
-        m = max(50, n // ROUNDS)
-        try:
-            for _ in range(ROUNDS):
-                for name, (read_fn, predict_fn, method) in variants.items():
-                    reader.read, model.predictor.predict_one = read_fn, predict_fn
-                    fn = (
-                        (lambda i: predict_call(bodies, i)) if method == "POST" else (lambda i: health_call())
-                    )
-                    for i in range(20):
-                        await fn(i)
-                    c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
-                    for i in range(m):
-                        await fn(i)
-                    samples[name].append(
-                        ((time.perf_counter_ns() - t0) / m / 1000, (time.thread_time_ns() - c0) / m / 1000)
-                    )
-        finally:
-            reader.read = original_read
-            del model.predictor.predict_one  # back to the class's method
-        base = statistics.median(c for _, c in samples["as is"])
-        for name, vals in samples.items():
-            cpu = statistics.median(c for _, c in vals)
-            wall = statistics.median(w for w, _ in vals)
-            print(f"  {name:<60} {cpu:7.0f} µs CPU {wall:7.0f} µs wall  {cpu / base:5.0%} of as-is CPU")
-        print(
-            "  (PostgreSQL's own CPU per read comes on top of the variants that read it:"
-            " pg µs/r in the table)"
         )
         print(
             f"  uninstrumented at the start: /predict {total[1]:.0f} µs CPU, /health {health[1]:.0f} µs CPU"
@@ -568,7 +429,6 @@ async def main_async(ids: list[str], n: int) -> None:
             print(
                 f"    {label:<66} {statistics.median(cpu):6.1f} ms CPU {statistics.median(wall):6.1f} ms wall"
             )
-        _ = app_mod
 
 
 def main() -> None:

@@ -2,7 +2,9 @@
 
     python bench/pyspy_breakdown.py pyspy.txt [--us-per-request 800]
 
-Each sample (a stack, root first) is charged to the DEEPEST frame that opens a step below, so time
+Each sample (a stack, root first) is charged to background work (the prediction-log writer, the
+online cache's listener) if any of its frames belongs to it, else to the DEEPEST frame that opens a
+step below, so time
 in psycopg under ``online.read`` is "online read", pydantic under FastAPI's ``serialize_response`` is
 "response", and whatever matches nothing (uvicorn, httptools, starlette routing, the event loop) is
 "HTTP server + framework". py-spy drops idle threads, so samples are of a thread on CPU OR runnable
@@ -37,7 +39,9 @@ STEPS: list[tuple[str, re.Pattern[str]]] = [
     ),
     (
         "request: body + JSON + validation",
-        re.compile(r"(request_body_to_args|solve_dependencies|Request\.json|Request\.body) \("),
+        re.compile(
+            r"(request_body_to_args|solve_dependencies|Request\.json|Request\.body|model_validate_json) \("
+        ),
     ),
     (
         "socket writes (uvicorn RequestResponseCycle.send)",
@@ -56,6 +60,11 @@ STEPS: list[tuple[str, re.Pattern[str]]] = [
     ),
 ]
 OTHER = "HTTP server + framework (uvicorn, httptools, starlette, asyncio)"
+# Work off the request path, charged whole: any frame of the stack decides.
+BACKGROUND: list[tuple[str, re.Pattern[str]]] = [
+    ("background: prediction log writer (COPY)", re.compile(r"\(streamflow/monitoring/prediction_log\.py")),
+    ("background: online cache listener", re.compile(r"\(streamflow/serving/online_cache\.py")),
+]
 
 
 def parse(path: Path) -> Counter[str]:
@@ -65,8 +74,8 @@ def parse(path: Path) -> Counter[str]:
         if not stack or not count.isdigit():
             continue
         frames = stack.split(";")[1:]  # drop "thread (tid)"
-        step = OTHER
-        for frame in reversed(frames):
+        step = next((name for name, p in BACKGROUND if any(p.search(f) for f in frames)), OTHER)
+        for frame in reversed(frames) if step == OTHER else ():
             hit = next((name for name, pattern in STEPS if pattern.search(frame)), None)
             if hit:
                 step = hit

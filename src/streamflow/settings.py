@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     model_poll_interval_s: float = Field(default=2.0, gt=0, description="How often the API checks the alias.")
     online_timeout_s: float = Field(default=2.0, gt=0, description="Budget for one online-store read.")
     predict_batch_max: int = Field(default=1000, ge=1, description="Most user ids in one /predict/batch.")
+    online_cache_max_users: int = Field(
+        default=50_000,
+        ge=0,
+        description="Users whose online features the API keeps in memory (~2.4 KB each with churn_v1),"
+        " dropped on every online-store write (PostgreSQL online store only; 0: off).",
+    )
 
     # Monitoring: the API's prediction log, and what makes `streamflow monitor` retrain.
     prediction_log_buffer_size: int = Field(

@@ -28,10 +28,11 @@ from streamflow.settings import Settings
 from streamflow.training.models import to_model_input
 from streamflow.training.tracking import use_mlflow
 from tests.conftest import MONTHS
-from tests.integration.conftest import JAN, TrainedStack
+from tests.integration.conftest import FEB, JAN, TrainedStack
 
 TOKEN = "test-admin-token"
 USER = "7590-VHVEG"
+POLL_S = 0.5  # the API's model/materialization poll interval in these tests
 
 
 @dataclass
@@ -57,7 +58,7 @@ def _env(settings: Settings, port: int) -> dict[str, str]:
         "STREAMFLOW_STATE_DIR": str(settings.state_dir),
         "STREAMFLOW_DATABASE_NAME": settings.database_name,
         "STREAMFLOW_ADMIN_TOKEN": TOKEN,
-        "STREAMFLOW_MODEL_POLL_INTERVAL_S": "0.5",
+        "STREAMFLOW_MODEL_POLL_INTERVAL_S": str(POLL_S),
         "STREAMFLOW_API_PORT": str(port),
     }
     if settings.embedded_pg_dir:
@@ -95,6 +96,10 @@ def api(trained: TrainedStack) -> Iterator[Api]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait(url, "/ready", 180, process)
+        deadline = time.monotonic() + 30  # the cache switches on once its listener is confirmed
+        while httpx.get(url + "/ready", timeout=5).json()["online_cache"] != "on":
+            assert time.monotonic() < deadline, "online cache still off"
+            time.sleep(0.1)
         yield Api(url, settings, trained, process)
     finally:
         process.send_signal(signal.SIGINT)
@@ -125,7 +130,11 @@ def reference_probability(settings: Settings, version: int, features: dict) -> f
 def test_health_and_ready(api: Api) -> None:
     with api.client() as c:
         assert c.get("/health").json() == {"status": "ok"}
-        assert c.get("/ready").json() == {"status": "ready", "model_version": api.stack.baseline.version}
+        assert c.get("/ready").json() == {
+            "status": "ready",
+            "model_version": api.stack.baseline.version,
+            "online_cache": "on",
+        }
 
 
 def test_served_features_equal_the_stored_month(api: Api) -> None:
@@ -231,6 +240,69 @@ def test_admin_reload_requires_the_token(api: Api) -> None:
         assert c.post("/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
         ok = c.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
     assert ok.status_code == 200 and ok.json()["version"] == api.stack.baseline.version
+
+
+def _metric(c: httpx.Client, name: str) -> float:
+    line = next(x for x in c.get("/metrics").text.splitlines() if x.startswith(name + " "))
+    return float(line.split()[1])
+
+
+def _served(c: httpx.Client, path: str, done, seconds: float = 2.0) -> httpx.Response:
+    """The first answer of ``path`` for which ``done`` holds; fails after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not done(r := c.get(path)):
+        assert time.monotonic() < deadline, f"{path} still answers {r.status_code} {r.text[:300]}"
+        time.sleep(0.02)
+    return r
+
+
+def _user_changed_in_february() -> tuple[str, float, float]:
+    def hours(month: str) -> dict[str, str]:
+        with open(MONTHS[month] / "usage_agg_30d.csv", newline="") as fh:
+            return {r["user_id"]: r["watch_hours_30d"] for r in csv.DictReader(fh)}
+
+    jan, feb = hours("2024-01-31"), hours("2024-02-29")
+    user = next(u for u in sorted(feb) if jan.get(u) not in (None, "", feb[u]) and feb[u])
+    return user, float(jan[user]), float(feb[user])
+
+
+def test_feature_cache_follows_every_materialization(api: Api) -> None:
+    """Served from memory, yet a materialization (forward, then back) is visible at once."""
+    user, jan_hours, feb_hours = _user_changed_in_february()
+    path = f"/features/{user}"
+    with api.client() as c:
+        first = c.get(path).json()
+        hits = _metric(c, "streamflow_online_cache_hits_total")
+        assert c.get(path).json() == first and first["features"]["watch_hours_30d"] == jan_hours
+        assert _metric(c, "streamflow_online_cache_hits_total") == hits + 1  # from memory
+        try:
+            materialize(api.settings, FEB)
+            body = _served(c, path, lambda r: r.json()["as_of"] == "2024-02-29T00:00:00Z").json()
+            assert body["features"]["watch_hours_30d"] == feb_hours
+            predicted = c.post("/predict", json={"user_id": user}).json()
+            assert predicted["features_used"] == body["features"]
+            reference = reference_probability(api.settings, api.stack.baseline.version, body["features"])
+            assert abs(predicted["probability"] - reference) <= 1e-6  # not the January answer, memoised
+        finally:
+            materialize(api.settings, JAN, force=True)
+        body = _served(c, path, lambda r: r.json()["as_of"] == "2024-01-31T00:00:00Z").json()
+        assert body == first
+
+
+def test_feature_cache_sees_writes_of_the_feast_sdk(api: Api) -> None:
+    """Any writer of the online tables invalidates the cache, even of a user it knew as unknown."""
+    user = "CACHE-0001"
+    with api.client() as c:
+        assert c.get(f"/features/{user}").status_code == 404
+        assert c.get(f"/features/{user}").status_code == 404  # remembered as unknown
+        feature_store(api.settings).write_to_online_store(
+            "payments_90d",
+            pd.DataFrame(
+                [{"user_id": user, "as_of_ts": datetime(2024, 1, 31, tzinfo=UTC), "failed_payments_90d": 3}]
+            ),
+        )
+        body = _served(c, f"/features/{user}", lambda r: r.status_code == 200).json()
+    assert body["features"] == {"failed_payments_90d": 3}
 
 
 def test_incomplete_and_stale_features_are_422(api: Api) -> None:
@@ -371,6 +443,12 @@ def test_online_store_outage_is_503_then_recovers(api: Api) -> None:
                 assert "online store" in r.json()["error"]
             ready = c.get("/ready")
             assert ready.status_code == 503
+            # Three model polls later it is still down: the API never restarts a server someone stopped,
+            # and its feature cache stays off without the server's change notifications.
+            until = time.monotonic() + 3 * POLL_S
+            while time.monotonic() < until:
+                assert c.post("/predict", json={"user_id": USER}).status_code == 503
+            assert not db.embedded_running(api.settings)
     finally:
         db.start_embedded(api.settings)
         reset_feature_stores()  # this test process's cached Feast objects held connections to the old server

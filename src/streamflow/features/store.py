@@ -68,6 +68,10 @@ FEAST_SCHEMA = "feast"
 # Other processes (the API, a Prefect worker) see an apply or a materialization within this many seconds.
 REGISTRY_CACHE_TTL_S = 10
 _LOCK_KEY = 0x5F_4D_41_54  # serialises materializations
+# Every write to a PostgreSQL online table sends NOTIFY ONLINE_CHANNEL at commit (schema/004): the API
+# drops its in-memory copy of online features on it.
+ONLINE_CHANNEL = "streamflow_online"
+ONLINE_TRIGGER = "streamflow_online_changed"
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 _PG_PASSWORD_ENV = "STREAMFLOW_FEAST_PG_PASSWORD"
 _REDIS_PASSWORD_ENV = "STREAMFLOW_FEAST_REDIS_PASSWORD"
@@ -398,6 +402,13 @@ def apply(settings: Settings, store: FeatureStore | None = None) -> ApplyResult:
     ]
     with contextlib.redirect_stdout(io.StringIO()):
         store.apply([user, *FEATURE_VIEWS, *services], objects_to_delete=stale, partial=not stale)
+    if _bulk_supported(store.config):
+        with db.connect(db.target(settings), settings, autocommit=True) as conn:
+            migrate(conn)
+            with conn.transaction():
+                _online_tables(conn, store, FEATURE_VIEWS)
+                # Views deleted above dropped their tables without a trigger firing: say it here.
+                conn.execute("SELECT pg_notify(%s, 'apply')", (ONLINE_CHANNEL,))
     return ApplyResult(
         entities=[user.name],
         feature_views=[v.name for v in FEATURE_VIEWS],
@@ -444,9 +455,14 @@ def _last(conn: psycopg.Connection, project: str, online_store: str) -> Material
     return Materialization(*row) if row else None
 
 
-def last_materialization(settings: Settings, store: FeatureStore | None = None) -> Materialization | None:
-    """What the online store of these Settings holds (None if it was never materialized)."""
-    with db.connect(db.target(settings), settings) as conn:
+def last_materialization(
+    settings: Settings, store: FeatureStore | None = None, target: db.PgTarget | None = None
+) -> Materialization | None:
+    """What the online store of these Settings holds (None if it was never materialized).
+
+    ``target``: connect there as is; without it the embedded server is started if it is down.
+    """
+    with db.connect(target or db.target(settings), settings) as conn:
         return _last(conn, store.project if store else PROJECT, online_store_id(settings))
 
 
@@ -595,6 +611,7 @@ def _online_tables(
         online_store = store._get_provider().online_store  # type: ignore[attr-defined]
         online_store.update(config, [], missing, [], entities, partial=True)
         cols = columns()
+    _notify_changes(conn, schema, list(names.values()))
     return {
         fv.name: _OnlineTable(
             names[fv.name],
@@ -603,6 +620,25 @@ def _online_tables(
         )
         for fv in views
     }
+
+
+def _notify_changes(conn: psycopg.Connection, schema: str, tables: Sequence[str]) -> None:
+    """Attach the change-notification trigger (schema/004) to online tables that lack it."""
+    watched = {
+        row[0]
+        for row in conn.execute(
+            "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND t.tgname = %s",
+            (schema, ONLINE_TRIGGER),
+        )
+    }
+    for table in sorted(set(tables) - watched):
+        conn.execute(
+            sql.SQL(
+                "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {}"
+                " FOR EACH STATEMENT EXECUTE FUNCTION streamflow_online_changed()"
+            ).format(sql.Identifier(ONLINE_TRIGGER), sql.Identifier(schema, table))
+        )
 
 
 def _pull_latest(store: FeatureStore, fv: FeatureView, start: datetime, end: datetime) -> pa.Table:

@@ -418,9 +418,12 @@ def _record(settings: Settings, result: DriftResult, model_version: int | None) 
     return int(row[0])
 
 
-def latest_drift_share(settings: Settings) -> float | None:
-    """Drift share of the newest month's latest report (None: no report yet). Light: for the API."""
-    with db.connect(db.target(settings), settings) as conn:
+def latest_drift_share(settings: Settings, target: db.PgTarget | None = None) -> float | None:
+    """Drift share of the newest month's latest report (None: no report yet). Light: for the API.
+
+    ``target``: connect there as is; without it the embedded server is started if it is down.
+    """
+    with db.connect(target or db.target(settings), settings) as conn:
         row = conn.execute(
             "SELECT drift_share FROM drift_reports"
             " ORDER BY current_as_of DESC, created_at DESC, id DESC LIMIT 1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -57,6 +58,24 @@ class ApiMetrics:
             "Predictions buffered, not yet written",
             registry=self.registry,
         )
+        self.cache_hits = Counter(
+            "streamflow_online_cache_hits_total",
+            "User feature reads answered from the in-memory copy of the online store",
+            registry=self.registry,
+        )
+        self.cache_misses = Counter(
+            "streamflow_online_cache_misses_total",
+            "User feature reads that went to the online store",
+            registry=self.registry,
+        )
+        self.cache_users = Gauge(
+            "streamflow_online_cache_users", "Users held in the online feature cache", registry=self.registry
+        )
+        self.cache_on = Gauge(
+            "streamflow_online_cache_on",
+            "1 while the online feature cache is in use (change notifications confirmed)",
+            registry=self.registry,
+        )
         self.drift_share = Gauge(
             "streamflow_drift_share",
             "Share of drifted features in the latest drift report (NaN: none yet)",
@@ -71,6 +90,8 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        # (route template, method, status) -> label children; routes are templates, never raw paths.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,7 +110,13 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            method = scope["method"]
-            self.metrics.requests.labels(path, method, str(status)).inc()
-            self.metrics.latency.labels(path, method).observe(time.perf_counter() - start)
+            key = (getattr(route, "path", None) or "unmatched", scope["method"], status)
+            children = self._children.get(key)
+            if children is None:  # labels() costs a few µs per call; the set of keys is small
+                path, method, _ = key
+                children = self._children[key] = (
+                    self.metrics.requests.labels(path, method, str(status)),
+                    self.metrics.latency.labels(path, method),
+                )
+            children[0].inc()
+            children[1].observe(time.perf_counter() - start)

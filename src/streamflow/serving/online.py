@@ -3,12 +3,15 @@
 With the PostgreSQL online store (the default) the API reads Feast's online tables directly: one
 query for all views of the feature service, over a pool of async connections, with Feast's own
 entity-key serialisation and value decoding. That is what ``get_online_features`` does, minus
-~ms of SDK overhead per call. Any other online store (Redis) goes through the Feast SDK.
+~ms of SDK overhead per call. What it read is kept in an :class:`OnlineCache`, dropped whenever the
+online tables change (see online_cache.py). Any other online store (Redis) goes through the Feast
+SDK, uncached.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,12 +19,14 @@ from datetime import UTC, datetime
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from prometheus_client import Counter
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from streamflow import db
 from streamflow.features import store as feature_store_mod
-from streamflow.features.definitions import FEATURE_SERVICES, FeatureSpec
+from streamflow.features.definitions import FEATURE_SERVICES, FEATURE_VIEWS, FeatureSpec
+from streamflow.serving.online_cache import OnlineCache, listen
 from streamflow.settings import Settings
 
 
@@ -34,6 +39,8 @@ class UserFeatures:
     user_id: str
     values: dict[str, object] = field(default_factory=dict)
     event_ts: dict[str, datetime] = field(default_factory=dict)  # per feature
+    # P(churn) of these exact values by model run id: a cached entry is scored once per model.
+    probabilities: dict[str, float] = field(default_factory=dict)
 
     def missing(self, spec: FeatureSpec) -> list[str]:
         return [n for n in spec.names if n not in self.values]
@@ -59,15 +66,20 @@ def _views(spec: FeatureSpec) -> dict[str, list[str]]:
 
 
 class PostgresOnlineReader:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, hits: Counter | None = None, misses: Counter | None = None
+    ) -> None:
         config = feature_store_mod.repo_config(settings)
         self._key_version = config.entity_key_serialization_version
         self._schema = feature_store_mod.FEAST_SCHEMA
         self._project = config.project
         self._timeout = settings.online_timeout_s
-        t = db.target(settings)
+        self._conninfo = db.target(settings).conninfo()
+        self.cache = OnlineCache(settings.online_cache_max_users, settings.online_timeout_s + 1.0)
+        self._listener: asyncio.Task | None = None
+        self._hits, self._misses = hits, misses
         self._pool = AsyncConnectionPool(
-            t.conninfo(),
+            self._conninfo,
             min_size=1,
             max_size=8,
             open=False,
@@ -83,8 +95,17 @@ class PostgresOnlineReader:
 
     async def open(self) -> None:
         await self._pool.open(wait=False)
+        if self.cache.max_entries > 0:
+            tables = [f"{self._project}_{fv.name}" for fv in FEATURE_VIEWS]
+            self._listener = asyncio.create_task(listen(self.cache, self._conninfo, tables, self._timeout))
+        else:
+            self.cache.reason = "disabled (STREAMFLOW_ONLINE_CACHE_MAX_USERS=0)"
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
         await self._pool.close()
 
     def _query(self, spec: FeatureSpec, single: bool) -> bytes:
@@ -111,6 +132,25 @@ class PostgresOnlineReader:
         return serialize_entity_key(proto, entity_key_serialization_version=self._key_version)
 
     async def read(self, user_ids: Sequence[str], spec: FeatureSpec) -> list[UserFeatures]:
+        """Each user's features (empty for an unknown user), from the cache or one query for the rest."""
+        found: dict[str, UserFeatures] = {}
+        for u in user_ids:
+            hit = self.cache.get((spec.service, u))
+            if hit is not None:
+                found[u] = hit
+        if self._hits is not None:
+            self._hits.inc(len(found))
+        missed = [u for u in user_ids if u not in found]
+        if missed:
+            if self._misses is not None:
+                self._misses.inc(len(missed))
+            generation = self.cache.generation  # what changes after this point is not stored
+            for f in await self._fetch(missed, spec):
+                self.cache.put((spec.service, f.user_id), f, generation)
+                found[f.user_id] = f
+        return [found[u] for u in user_ids]
+
+    async def _fetch(self, user_ids: Sequence[str], spec: FeatureSpec) -> list[UserFeatures]:
         keys = {self._key(u): u for u in user_ids}
         single = len(keys) == 1
         params = {"keys": next(iter(keys)) if single else list(keys)}
@@ -121,10 +161,11 @@ class PostgresOnlineReader:
         except Exception as exc:  # pool timeout, server gone, statement timeout...
             raise OnlineStoreUnavailable(f"online store did not answer: {type(exc).__name__}: {exc}") from exc
         out = {u: UserFeatures(u) for u in user_ids}
+        stamps: dict[datetime, datetime] = {}  # one object per distinct time: cached entries stay small
         for key, name, value, ts in rows:
             found = out[keys[bytes(key)]]
             found.values[name] = _decode(value)
-            found.event_ts[name] = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+            found.event_ts[name] = stamps.setdefault(ts, ts if ts.tzinfo else ts.replace(tzinfo=UTC))
         return [out[u] for u in user_ids]
 
     async def ping(self) -> None:
@@ -141,6 +182,8 @@ class FeastOnlineReader:
     def __init__(self, settings: Settings) -> None:
         self._store = feature_store_mod.feature_store(settings)
         self._timeout = settings.online_timeout_s
+        self.cache = OnlineCache(0, 0)
+        self.cache.reason = "not used with this online store"
 
     async def open(self) -> None:
         return None
@@ -174,7 +217,9 @@ class FeastOnlineReader:
         return None
 
 
-def online_reader(settings: Settings) -> PostgresOnlineReader | FeastOnlineReader:
-    return (
-        PostgresOnlineReader(settings) if settings.online_store == "postgres" else FeastOnlineReader(settings)
-    )
+def online_reader(
+    settings: Settings, hits: Counter | None = None, misses: Counter | None = None
+) -> PostgresOnlineReader | FeastOnlineReader:
+    if settings.online_store == "postgres":
+        return PostgresOnlineReader(settings, hits, misses)
+    return FeastOnlineReader(settings)
