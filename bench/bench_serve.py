@@ -325,6 +325,58 @@ def fmt_row(cols: list[str], widths: list[int]) -> str:
     )
 
 
+# --------------------------------------------------------------------------- cache invalidation
+
+
+def invalidation_latency(settings, rounds: int = 200) -> None:
+    """How long after a committed online-table write the online cache is dropped: the window in
+    which the API could still answer from the previous values. The listener here is the API's own
+    ``listen()``; the write is an UPDATE of one row of one view, in autocommit."""
+    import asyncio
+
+    import psycopg
+
+    from streamflow import db
+    from streamflow.features.definitions import FEATURE_VIEWS
+    from streamflow.features.store import FEAST_SCHEMA, PROJECT
+    from streamflow.serving.online_cache import OnlineCache, listen
+
+    conninfo = db.target(settings).conninfo()
+    tables = [f"{PROJECT}_{fv.name}" for fv in FEATURE_VIEWS]
+    table = psycopg.sql.Identifier(FEAST_SCHEMA, tables[0])
+
+    async def run() -> tuple[list[float], list[float]]:
+        cache = OnlineCache(10, 60)
+        listener = asyncio.create_task(listen(cache, conninfo, tables, 2.0))
+        after_commit, whole = [], []
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+            while not cache.usable:
+                await asyncio.sleep(0.01)
+            update = psycopg.sql.SQL(
+                "UPDATE {} SET event_ts = event_ts WHERE entity_key = (SELECT entity_key FROM {} LIMIT 1)"
+            ).format(table, table)
+            for _ in range(rounds):
+                generation = cache.generation
+                t0 = time.perf_counter()
+                await conn.execute(update)
+                t1 = time.perf_counter()  # the server has committed
+                while cache.generation == generation:
+                    await asyncio.sleep(0)
+                t2 = time.perf_counter()
+                after_commit.append((t2 - t1) * 1e6)
+                whole.append((t2 - t0) * 1e6)
+        listener.cancel()
+        return after_commit, whole
+
+    after_commit, whole = asyncio.run(run())
+    q = statistics.quantiles
+    print(
+        f"\nonline cache invalidation ({rounds} committed writes, same machine): dropped "
+        f"{statistics.median(after_commit):.0f} µs after the commit returned (p99 "
+        f"{q(after_commit, n=100)[98]:.0f} µs); {statistics.median(whole):.0f} µs after the write was sent"
+    )
+
+
 # --------------------------------------------------------------------------- profile
 
 
@@ -578,6 +630,7 @@ def main() -> None:
         print(f"\nload average now: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
         sys.stdout.flush()
 
+        invalidation_latency(settings)
         if a.profile:
             profile(targets["b"], env, ids_file, a.profile_duration, engine, logs)
     finally:

@@ -396,21 +396,20 @@ async def main_async(ids: list[str], n: int) -> None:
             service.refresh()
             refresh_wall.append((time.perf_counter_ns() - t0) / 1e6)
             refresh_cpu.append((time.thread_time_ns() - c0) / 1e6)
-        import mlflow
-
-        from streamflow import db
         from streamflow.features.store import last_materialization
-        from streamflow.training.tracking import use_mlflow
+        from streamflow.monitoring.drift import latest_drift_share
 
-        client = mlflow.MlflowClient()
+        client = service.holder._client()
+        target = service.db_target
         parts = {
-            "use_mlflow(settings) (set URIs, get/set experiment)": lambda: use_mlflow(settings),
-            "MlflowClient().get_model_version_by_alias": lambda: client.get_model_version_by_alias(
+            "MlflowClient.get_model_version_by_alias": lambda: client.get_model_version_by_alias(
                 settings.model_name, settings.production_alias
             ),
-            "db.target(settings) (embedded server lookup + ensure_database)": lambda: db.target(settings),
-            "last_materialization(settings) (new connection, 2 queries)": lambda: last_materialization(
-                settings
+            "last_materialization (new connection, 2 queries)": lambda: last_materialization(
+                settings, target=target
+            ),
+            "latest_drift_share (new connection, 1 query)": lambda: latest_drift_share(
+                settings, target=target
             ),
         }
         print(
