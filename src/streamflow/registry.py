@@ -68,7 +68,7 @@ def best_version(settings: Settings) -> int:
     return int(max(pool, key=lambda mv: float(mv.tags.get("holdout_roc_auc", "nan"))).version)
 
 
-def _holdout_auc(client, settings: Settings, version: int, as_of: date) -> float:
+def holdout_auc(client, settings: Settings, version: int, as_of: date) -> float:
     """ROC-AUC of a version on the hold-out users of ``as_of``; computed once, then kept as a version tag
     (a version's predictions on a fixed snapshot never change)."""
     from streamflow.training.train import scores_on_holdout
@@ -109,8 +109,8 @@ def promote(
     with db.connect(db.target(settings), settings) as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         current = production_version(settings)
-        cand_auc = _holdout_auc(client, settings, version, as_of)
-        prod_auc = _holdout_auc(client, settings, current, as_of) if current is not None else None
+        cand_auc = holdout_auc(client, settings, version, as_of)
+        prod_auc = holdout_auc(client, settings, current, as_of) if current is not None else None
         if current == version:
             promoted, reason = False, f"version {version} already holds @{settings.production_alias}"
         elif current is None:

@@ -181,7 +181,7 @@ def production_holdout_auc(settings: Settings, version: int, current: date) -> H
     (registry's cached per-month tag), so a later gate at ``current`` does not score it again."""
     import mlflow
 
-    from streamflow.registry import _holdout_auc
+    from streamflow.registry import holdout_auc
 
     client = mlflow.MlflowClient()
     tags = client.get_model_version(settings.model_name, str(version)).tags
@@ -189,7 +189,7 @@ def production_holdout_auc(settings: Settings, version: int, current: date) -> H
         version=version,
         trained_as_of=date.fromisoformat(tags["as_of"]),
         recorded=float(tags["holdout_roc_auc"]),
-        current=_holdout_auc(client, settings, version, current),
+        current=holdout_auc(client, settings, version, current),
     )
 
 
