@@ -31,17 +31,19 @@ log = logging.getLogger(__name__)
 WRITE_TIMEOUT_S = 30.0  # one COPY batch; a hung server must not hold the writer forever
 RETRY_MAX_S = 10.0  # backoff ceiling while PostgreSQL is unreachable
 
-COLUMNS = (
-    "logged_at",
-    "endpoint",
-    "user_id",
-    "model_name",
-    "model_version",
-    "probability",
-    "prediction",
-    "features_as_of",
-)
-_COPY = f"COPY prediction_log ({', '.join(COLUMNS)}) FROM STDIN"
+# Column -> PostgreSQL type (schema/003). Binary COPY: ~0.7 µs of the API's CPU per row against ~4.7 µs
+# for text, where datetimes are formatted in Python.
+COLUMNS = {
+    "logged_at": "timestamptz",
+    "endpoint": "text",
+    "user_id": "text",
+    "model_name": "text",
+    "model_version": "int4",
+    "probability": "float8",
+    "prediction": "int2",
+    "features_as_of": "timestamptz",
+}
+_COPY = f"COPY prediction_log ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 
 # One row of prediction_log, in COLUMNS order.
 Entry = tuple[datetime, str, str, str, int, float, int, datetime | None]
@@ -174,6 +176,7 @@ class PredictionLog:
             async with asyncio.timeout(WRITE_TIMEOUT_S):
                 conn = await self._connection()
                 async with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY) as copy:
+                    copy.set_types(list(COLUMNS.values()))
                     for row in batch:
                         await copy.write_row(row)
         except BaseException as exc:  # incl. cancellation: the batch goes back, in order, then re-raise
