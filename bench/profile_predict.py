@@ -381,7 +381,7 @@ async def main_async(ids: list[str], n: int) -> None:
             lambda i: (
                 m.predictions.labels("0", str(model.version)).inc(),
                 m.requests.labels("/predict", "POST", "200").inc(),
-                m.latency.labels("/predict", "POST").observe(0.001),
+                m.latency.labels("/predict", "POST", "200").observe(0.001),
             ),
             n * 5,
         )

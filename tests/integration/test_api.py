@@ -228,7 +228,11 @@ def test_metrics_count_routes_and_outcomes_without_user_ids(api: Api) -> None:
     assert 'streamflow_http_requests_total{method="POST",route="/predict",status="200"}' in text
     assert 'streamflow_http_requests_total{method="POST",route="/predict",status="404"}' in text
     assert 'streamflow_missing_features_total{kind="unknown_user"}' in text
-    assert "streamflow_http_request_duration_seconds_bucket" in text
+    for status in ("200", "404"):  # latency by route and status
+        assert (
+            f'streamflow_http_request_duration_seconds_count{{method="POST",route="/predict",status="{status}"}}'
+            in text
+        )
     assert f"streamflow_model_version {float(api.stack.baseline.version)}" in text
     # No label carries a user id (numbers such as 0.0199999 may contain the digits, so look at labels).
     assert f'"{USER}"' not in text and '"999999"' not in text and "user_id=" not in text

@@ -21,7 +21,7 @@ class ApiMetrics:
         self.latency = Histogram(
             "streamflow_http_request_duration_seconds",
             "Time to answer a request",
-            ["route", "method"],
+            ["route", "method", "status"],
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=self.registry,
         )
@@ -113,10 +113,10 @@ class MetricsMiddleware:
             key = (getattr(route, "path", None) or "unmatched", scope["method"], status)
             children = self._children.get(key)
             if children is None:  # labels() costs a few µs per call; the set of keys is small
-                path, method, _ = key
+                labels = (key[0], key[1], str(status))
                 children = self._children[key] = (
-                    self.metrics.requests.labels(path, method, str(status)),
-                    self.metrics.latency.labels(path, method),
+                    self.metrics.requests.labels(*labels),
+                    self.metrics.latency.labels(*labels),
                 )
             children[0].inc()
             children[1].observe(time.perf_counter() - start)
