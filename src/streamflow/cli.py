@@ -6,6 +6,7 @@ so ``streamflow --help`` and ``streamflow db status`` answer at once.
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from pathlib import Path
 from typing import Annotated
@@ -263,20 +264,34 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
     """Serve the prediction API (uvicorn with uvloop and httptools)."""
+    import shutil
+
     import uvicorn
 
+    from streamflow.serving.metrics import MULTIPROCESS_DIR_ENV
+
     settings = get_settings()
-    uvicorn.run(
-        "streamflow.serving.app:create_app",
-        factory=True,
-        host=host or settings.api_host,
-        port=port or settings.api_port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="info",
-    )
+    metrics_dir = None
+    if workers > 1:  # /metrics must answer for every worker, not for the one a scrape happens to reach
+        metrics_dir = settings.state_dir.resolve() / "metrics" / f"serve-{os.getpid()}"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ[MULTIPROCESS_DIR_ENV] = str(metrics_dir)
+    try:
+        uvicorn.run(
+            "streamflow.serving.app:create_app",
+            factory=True,
+            host=host or settings.api_host,
+            port=port or settings.api_port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level="info",
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @app.command("mlflow-ui")

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -236,6 +237,45 @@ def test_metrics_count_routes_and_outcomes_without_user_ids(api: Api) -> None:
     assert f"streamflow_model_version {float(api.stack.baseline.version)}" in text
     # No label carries a user id (numbers such as 0.0199999 may contain the digits, so look at labels).
     assert f'"{USER}"' not in text and '"999999"' not in text and "user_id=" not in text
+
+
+def _samples(text: str, prefix: str) -> float:
+    """Sum of the samples whose line starts with ``prefix`` (a metric name, or a name and its labels)."""
+    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(prefix))
+
+
+def test_metrics_add_up_over_several_workers(api: Api) -> None:
+    """With --workers 2 a scrape reaches one worker, yet answers for both together."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamflow.cli", "serve", "--port", str(port), "--workers", "2"],
+        env=_env(api.settings, port),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    metrics_dir = api.settings.state_dir.resolve() / "metrics" / f"serve-{process.pid}"
+    try:
+        _wait(url, "/ready", 180, process)
+
+        def predict(_: int) -> int:  # a new connection each time, several at once: both workers answer
+            return httpx.post(url + "/predict", json={"user_id": USER}, timeout=30).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(predict, range(40))) == {200}
+        for _ in range(6):
+            text = httpx.get(url + "/metrics", timeout=10).text
+            route = 'streamflow_http_requests_total{method="POST",route="/predict",status="200"}'
+            assert _samples(text, route) == 40
+            assert _samples(text, "streamflow_predictions_total{") == 40
+            assert f"streamflow_model_version {float(api.stack.baseline.version)}" in text
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    assert not metrics_dir.exists()  # the workers' metric files go with the server
 
 
 def test_admin_reload_requires_the_token(api: Api) -> None:

@@ -22,7 +22,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -136,8 +136,6 @@ class Service:
         self.holder = ModelHolder(settings)
         self.metrics = ApiMetrics()
         self.reader = online_reader(settings, self.metrics.cache_hits, self.metrics.cache_misses)
-        self.metrics.cache_users.set_function(lambda: len(self.reader.cache))
-        self.metrics.cache_on.set_function(lambda: float(self.reader.cache.usable))
         # Online values older than this are stale: the last materialization minus feature_max_age_days.
         self.oldest_fresh: datetime | None = None
         # Every answered prediction, written to PostgreSQL in the background (never on the request path).
@@ -146,7 +144,13 @@ class Service:
             written=self.metrics.prediction_log_written,
             dropped=self.metrics.prediction_log_dropped,
         )
-        self.metrics.prediction_log_pending.set_function(lambda: self.prediction_log.pending)
+
+    def update_gauges(self) -> None:
+        """State gauges of this process, set at every scrape and every poll (so a scrape served by
+        another worker in multiprocess mode sees values at most one poll old)."""
+        self.metrics.cache_users.set(len(self.reader.cache))
+        self.metrics.cache_on.set(float(self.reader.cache.usable))
+        self.metrics.prediction_log_pending.set(self.prediction_log.pending)
 
     def model(self) -> LoadedModel:
         model = self.holder.current
@@ -166,6 +170,7 @@ class Service:
             self.metrics.model_swaps.inc()
         current = self.holder.current
         self.metrics.model_version.set(current.version if current else 0)
+        self.update_gauges()
         with contextlib.suppress(Exception):  # the reference only matters once the store answers again
             last = last_materialization(self.settings, target=self.db_target)
             if last is not None:
@@ -228,6 +233,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # After the server finished its in-flight requests: write what the log still buffers.
             await service.prediction_log.close()
             await service.reader.close()
+            service.metrics.close()
 
     async def watch() -> None:
         while True:
@@ -419,7 +425,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        service.update_gauges()
+        return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/admin/reload", responses={401: ERRORS[503], 403: ERRORS[503], 503: ERRORS[503]})
     async def reload(authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:

@@ -1,11 +1,18 @@
-"""Prometheus metrics of the API. Labels are routes and outcomes, never user ids."""
+"""Prometheus metrics of the API. Labels are routes and outcomes, never user ids.
+
+With several worker processes (``streamflow serve --workers N``) a scrape reaches one of them, so
+the CLI sets ``PROMETHEUS_MULTIPROC_DIR`` for the workers: every metric is then kept in files there
+and ``/metrics`` answers for all workers together (prometheus_client's multiprocess mode). Each
+gauge says how the workers' values combine.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -38,7 +45,10 @@ class ApiMetrics:
             registry=self.registry,
         )
         self.model_version = Gauge(
-            "streamflow_model_version", "Model version being served (0: none)", registry=self.registry
+            "streamflow_model_version",
+            "Model version being served (0: none)",
+            registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.model_swaps = Counter(
             "streamflow_model_swaps_total", "Hot swaps of the model", registry=self.registry
@@ -57,6 +67,7 @@ class ApiMetrics:
             "streamflow_prediction_log_pending",
             "Predictions buffered, not yet written",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.cache_hits = Counter(
             "streamflow_online_cache_hits_total",
@@ -69,19 +80,40 @@ class ApiMetrics:
             registry=self.registry,
         )
         self.cache_users = Gauge(
-            "streamflow_online_cache_users", "Users held in the online feature cache", registry=self.registry
+            "streamflow_online_cache_users",
+            "Users held in the online feature cache",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.cache_on = Gauge(
             "streamflow_online_cache_on",
             "1 while the online feature cache is in use (change notifications confirmed)",
             registry=self.registry,
+            multiprocess_mode="livemin",
         )
         self.drift_share = Gauge(
             "streamflow_drift_share",
             "Share of drifted features in the latest drift report (NaN: none yet)",
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.drift_share.set(float("nan"))
+
+    def exposition(self) -> bytes:
+        """The text format of every metric: of all workers in multiprocess mode, else of this process."""
+        if MULTIPROCESS_DIR_ENV in os.environ:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+    def close(self) -> None:
+        """This worker is exiting: its live gauges no longer count (its counters still do)."""
+        if MULTIPROCESS_DIR_ENV in os.environ:
+            multiprocess.mark_process_dead(os.getpid())
+
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when it is imported
 
 
 class MetricsMiddleware:
