@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import signal
@@ -82,14 +83,12 @@ def _wait(url: str, path: str, seconds: float, process: subprocess.Popen) -> Non
     raise AssertionError(f"{path} not 200 within {seconds} s")
 
 
-@pytest.fixture(scope="module")
-def api(trained: TrainedStack) -> Iterator[Api]:
-    settings = trained.settings
-    materialize(settings, JAN)
-    promote(settings, version=trained.baseline.version, force=True, by="test_api")
+@contextlib.contextmanager
+def _serving(settings: Settings, *args: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`streamflow serve` in a subprocess, ready and with its online cache on; stopped with Ctrl-C."""
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamflow.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "streamflow.cli", "serve", "--port", str(port), *args],
         env=_env(settings, port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -101,13 +100,22 @@ def api(trained: TrainedStack) -> Iterator[Api]:
         while httpx.get(url + "/ready", timeout=5).json()["online_cache"] != "on":
             assert time.monotonic() < deadline, "online cache still off"
             time.sleep(0.1)
-        yield Api(url, settings, trained, process)
+        yield url, process
     finally:
         process.send_signal(signal.SIGINT)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture(scope="module")
+def api(trained: TrainedStack) -> Iterator[Api]:
+    settings = trained.settings
+    materialize(settings, JAN)
+    promote(settings, version=trained.baseline.version, force=True, by="test_api")
+    with _serving(settings) as (url, process):
+        yield Api(url, settings, trained, process)
 
 
 def csv_values(month: str, user_id: str) -> dict[str, str]:
@@ -246,17 +254,8 @@ def _samples(text: str, prefix: str) -> float:
 
 def test_metrics_add_up_over_several_workers(api: Api) -> None:
     """With --workers 2 a scrape reaches one worker, yet answers for both together."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamflow.cli", "serve", "--port", str(port), "--workers", "2"],
-        env=_env(api.settings, port),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    metrics_dir = api.settings.state_dir.resolve() / "metrics" / f"serve-{process.pid}"
-    try:
-        _wait(url, "/ready", 180, process)
+    with _serving(api.settings, "--workers", "2") as (url, process):
+        metrics_dir = api.settings.state_dir.resolve() / "metrics" / f"serve-{process.pid}"
 
         def predict(_: int) -> int:  # a new connection each time, several at once: both workers answer
             return httpx.post(url + "/predict", json={"user_id": USER}, timeout=30).status_code
@@ -269,12 +268,7 @@ def test_metrics_add_up_over_several_workers(api: Api) -> None:
             assert _samples(text, route) == 40
             assert _samples(text, "streamflow_predictions_total{") == 40
             assert f"streamflow_model_version {float(api.stack.baseline.version)}" in text
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        assert metrics_dir.is_dir()
     assert not metrics_dir.exists()  # the workers' metric files go with the server
 
 
