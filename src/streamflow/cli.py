@@ -266,17 +266,20 @@ def serve(
     """Serve the prediction API (uvicorn with uvloop and httptools)."""
     import shutil
 
-    import uvicorn
-
-    from streamflow.serving.metrics import MULTIPROCESS_DIR_ENV
-
     settings = get_settings()
+    # Before prometheus_client is imported here or in a worker: a metrics folder inherited from a
+    # parent process (Feast's import sets one in every process) would mix its metrics with ours.
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR", "prometheus_multiproc_dir"):
+        os.environ.pop(name, None)
     metrics_dir = None
     if workers > 1:  # /metrics must answer for every worker, not for the one a scrape happens to reach
         metrics_dir = settings.state_dir.resolve() / "metrics" / f"serve-{os.getpid()}"
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
-        os.environ[MULTIPROCESS_DIR_ENV] = str(metrics_dir)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+
+    import uvicorn
+
     try:
         uvicorn.run(
             "streamflow.serving.app:create_app",

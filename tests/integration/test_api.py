@@ -55,7 +55,8 @@ def _free_port() -> int:
 
 
 def _env(settings: Settings, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFLOW_")}
+    # As from a fresh shell: importing Feast in this process set a PROMETHEUS_MULTIPROC_DIR.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMFLOW_", "PROMETHEUS_MULTIPROC"))}
     env |= {
         "STREAMFLOW_STATE_DIR": str(settings.state_dir),
         "STREAMFLOW_DATABASE_NAME": settings.database_name,
@@ -84,12 +85,14 @@ def _wait(url: str, path: str, seconds: float, process: subprocess.Popen) -> Non
 
 
 @contextlib.contextmanager
-def _serving(settings: Settings, *args: str) -> Iterator[tuple[str, subprocess.Popen]]:
+def _serving(
+    settings: Settings, *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """`streamflow serve` in a subprocess, ready and with its online cache on; stopped with Ctrl-C."""
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "streamflow.cli", "serve", "--port", str(port), *args],
-        env=_env(settings, port),
+        env=_env(settings, port) | (env or {}),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -252,9 +255,10 @@ def _samples(text: str, prefix: str) -> float:
     return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(prefix))
 
 
-def test_metrics_add_up_over_several_workers(api: Api) -> None:
+def test_metrics_add_up_over_several_workers(api: Api, tmp_path: Path) -> None:
     """With --workers 2 a scrape reaches one worker, yet answers for both together."""
-    with _serving(api.settings, "--workers", "2") as (url, process):
+    inherited = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}  # another process's folder: not ours to use
+    with _serving(api.settings, "--workers", "2", env=inherited) as (url, process):
         metrics_dir = api.settings.state_dir.resolve() / "metrics" / f"serve-{process.pid}"
 
         def predict(_: int) -> int:  # a new connection each time, several at once: both workers answer
@@ -268,7 +272,7 @@ def test_metrics_add_up_over_several_workers(api: Api) -> None:
             assert _samples(text, route) == 40
             assert _samples(text, "streamflow_predictions_total{") == 40
             assert f"streamflow_model_version {float(api.stack.baseline.version)}" in text
-        assert metrics_dir.is_dir()
+        assert metrics_dir.is_dir() and not any(tmp_path.iterdir())
     assert not metrics_dir.exists()  # the workers' metric files go with the server
 
 

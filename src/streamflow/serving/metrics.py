@@ -3,7 +3,9 @@
 With several worker processes (``streamflow serve --workers N``) a scrape reaches one of them, so
 the CLI sets ``PROMETHEUS_MULTIPROC_DIR`` for the workers: every metric is then kept in files there
 and ``/metrics`` answers for all workers together (prometheus_client's multiprocess mode). Each
-gauge says how the workers' values combine.
+gauge says how the workers' values combine. Which mode is in force is decided once, when
+prometheus_client is imported; the variable alone does not tell, because importing Feast sets it
+(to a temporary folder of its own) in every process that did not have it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,15 @@ import os
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -101,19 +111,22 @@ class ApiMetrics:
 
     def exposition(self) -> bytes:
         """The text format of every metric: of all workers in multiprocess mode, else of this process."""
-        if MULTIPROCESS_DIR_ENV in os.environ:
+        if MULTIPROCESS:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            multiprocess.MultiProcessCollector(registry, path=MULTIPROCESS_DIR)
             return generate_latest(registry)
         return generate_latest(self.registry)
 
     def close(self) -> None:
         """This worker is exiting: its live gauges no longer count (its counters still do)."""
-        if MULTIPROCESS_DIR_ENV in os.environ:
-            multiprocess.mark_process_dead(os.getpid())
+        if MULTIPROCESS:
+            multiprocess.mark_process_dead(os.getpid(), path=MULTIPROCESS_DIR)
 
 
-MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when it is imported
+# Values kept in files, as prometheus_client decided when it was imported (the CLI sets or clears
+# PROMETHEUS_MULTIPROC_DIR before); the folder is the variable's value at that time.
+MULTIPROCESS = values.ValueClass is not values.MutexValue
+MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") if MULTIPROCESS else None
 
 
 class MetricsMiddleware:
