@@ -630,9 +630,9 @@ def main() -> None:
         print(f"\nload average now: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
         sys.stdout.flush()
 
-        invalidation_latency(settings)
         if a.profile:
             profile(targets["b"], env, ids_file, a.profile_duration, engine, logs)
+        invalidation_latency(settings)  # last: each of its writes empties the servers' caches
     finally:
         for s in servers:
             s.stop()
