@@ -1,3 +1,8 @@
 """StreamFlow: subscriber churn prediction from monthly exports to served predictions."""
 
-__version__ = "0.1.0"
+from importlib import metadata
+
+try:
+    __version__ = metadata.version("streamflow")  # one source: pyproject.toml
+except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree that is not installed
+    __version__ = "0.0.0+unknown"

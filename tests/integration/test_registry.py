@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import platform
+import sys
 import threading
 from pathlib import Path
 
@@ -32,6 +35,15 @@ def test_run_records_params_metrics_artifacts_and_lineage(
         assert name in metrics, name
     assert len(tags["data_fingerprint"]) == 64 and tags["git_commit"]
     assert tags["version.scikit-learn"] and tags["version.feast"]
+    # The environment: the lock `make install` installed (its copy in the venv), Python, platform.
+    lock = Path(sys.prefix) / "streamflow.lock"
+    want = hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else "unlocked"
+    assert (tags["lock_sha256"], tags["python_version"]) == (want, platform.python_version())
+    assert tags["platform"].startswith("linux")
+    version = client.get_model_version("streamflow_churn", str(trained.baseline.version)).tags
+    assert {k: version[k] for k in ("lock_sha256", "python_version", "platform")} == {
+        k: tags[k] for k in ("lock_sha256", "python_version", "platform")
+    }
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"feature_schema.json", "plots", "onnx"} <= artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import platform
 import subprocess
+import sys
+import sysconfig
 from importlib import metadata
 from pathlib import Path
 
@@ -37,3 +41,18 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+# `make install` and the image copy the lock they installed here (Makefile, Dockerfile).
+LOCK_COPY = "streamflow.lock"
+
+
+def environment() -> dict[str, str]:
+    """What this environment was installed from: the lock's sha256 ("unlocked" for an install that did
+    not come from one), the Python version and the platform."""
+    lock = Path(sys.prefix) / LOCK_COPY
+    return {
+        "lock_sha256": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else "unlocked",
+        "python_version": platform.python_version(),
+        "platform": sysconfig.get_platform(),
+    }
