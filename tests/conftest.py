@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,42 @@ EXTERNAL_URL = os.environ.get("STREAMFLOW_TEST_DATABASE_URL")
 BACKENDS = ["embedded", *(["external"] if EXTERNAL_URL else [])]
 
 
+GENERATED_USERS = 2_000
+
+
 def require_seeds() -> None:
     if not SEEDS.is_dir():
         pytest.skip(f"real StreamFlow exports not found at {SEEDS}")
+
+
+@dataclass(frozen=True)
+class Months:
+    """Two consecutive monthly exports, 2024-01-31 and 2024-02-29, as folders of the six CSV files."""
+
+    source: str  # "generated" (always) or "real" (../shared/data/seeds, when present)
+    folders: dict[str, Path]  # as_of (YYYY-MM-DD) -> folder
+
+    @property
+    def jan(self) -> Path:
+        return self.folders["2024-01-31"]
+
+    @property
+    def feb(self) -> Path:
+        return self.folders["2024-02-29"]
+
+
+@pytest.fixture(scope="session")
+def generated_months(tmp_path_factory: pytest.TempPathFactory) -> Months:
+    from streamflow.data.generate import generate_months
+
+    written = generate_months(tmp_path_factory.mktemp("generated"), users=GENERATED_USERS, months=2, seed=11)
+    return Months("generated", {as_of.isoformat(): folder for folder, as_of in written})
+
+
+@pytest.fixture(scope="session", params=["generated", *(["real"] if SEEDS.is_dir() else [])])
+def months(request: pytest.FixtureRequest, generated_months: Months) -> Months:
+    """Each source of months: the generated ones on every clone, the real exports in addition."""
+    return generated_months if request.param == "generated" else Months("real", MONTHS)
 
 
 @pytest.fixture(scope="session")

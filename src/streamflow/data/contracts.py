@@ -1,7 +1,8 @@
 """The contract of a monthly export: six CSV files, their columns, types, nullability and ranges.
 
-This module is the one description of the export format. Validation builds pandera schemas from it,
-the generator writes files that satisfy it, and error messages quote its rules.
+This module is the one description of the export format. Validation (``validate.py``) checks each
+column by its kind and bounds, the generator writes files that satisfy it, and error messages quote
+its rules. How the files are parsed (quotes, line endings, blanks) is ``csv_dialect.py``'s part.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class Col:
     min: float | None = None
     max: float | None = None
     categories: tuple[str, ...] = ()
+    not_after_as_of: bool = False  # a date that cannot be later than the month's as_of
+    blank_when: tuple[str, str] | None = None  # (column, value): blank exactly when that column holds value
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ USERS = FileContract(
     "users",
     (
         USER_ID,
-        Col("signup_date", Kind.DATE),
+        Col("signup_date", Kind.DATE, not_after_as_of=True),
         Col("user_gender", Kind.CATEGORY, categories=GENDERS),
         Col("user_is_senior", Kind.BOOL),
         Col("has_family", Kind.BOOL),
@@ -67,8 +70,8 @@ SUBSCRIPTIONS = FileContract(
         USER_ID,
         Col("months_active", Kind.INT, min=0, max=1000),
         # Blank when net_service is "No": no internet, so no streaming plan. Stored as NULL.
-        Col("plan_stream_tv", Kind.BOOL, nullable=True),
-        Col("plan_stream_movies", Kind.BOOL, nullable=True),
+        Col("plan_stream_tv", Kind.BOOL, nullable=True, blank_when=("net_service", "No")),
+        Col("plan_stream_movies", Kind.BOOL, nullable=True, blank_when=("net_service", "No")),
         Col("contract_type", Kind.CATEGORY, categories=CONTRACT_TYPES),
         Col("paperless_billing", Kind.BOOL),
         Col("monthly_fee", Kind.DECIMAL, min=0, max=100_000),
@@ -99,3 +102,6 @@ SUPPORT = FileContract(
 LABELS = FileContract("labels", (USER_ID, Col("churn_label", Kind.BOOL)))
 
 CONTRACTS: tuple[FileContract, ...] = (USERS, SUBSCRIPTIONS, USAGE, PAYMENTS, SUPPORT, LABELS)
+"""Every file of a month, in the order they are read. USERS comes first: every other file's user ids
+must be users of users.csv, and (unless a month is loaded with allow_incomplete) every user of
+users.csv must have a row in every other file, exactly one in each."""
