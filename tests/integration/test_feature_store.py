@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import shutil
 import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -22,19 +23,12 @@ from psycopg import sql
 
 from streamflow import db
 from streamflow.data.ingest import ingest_month
+from streamflow.features.apply import apply
+from streamflow.features.config import FEAST_SCHEMA, feature_store, repo_config, write_feature_store_yaml
 from streamflow.features.definitions import FEATURE_SERVICES, FEATURE_TTL, FEATURE_VIEWS, feature_spec
-from streamflow.features.store import (
-    FEAST_SCHEMA,
-    NoSnapshotError,
-    apply,
-    feature_store,
-    last_materialization,
-    materialize,
-    online_features,
-    plan_materialization,
-    repo_config,
-    write_feature_store_yaml,
-)
+from streamflow.features.materialize import last_materialization, materialize, plan_materialization
+from streamflow.features.online_read import online_features
+from streamflow.features.snapshots import NoSnapshotError
 from streamflow.settings import Settings
 from tests.conftest import MONTHS
 
@@ -175,7 +169,9 @@ def test_online_decimals_equal_stored_values(stack_settings: Settings, store: Fe
     assert served == {u: float(v) for u, v in fees.items()}
 
 
-def test_materialize_is_incremental_and_can_go_back(stack_settings: Settings, store: FeatureStore) -> None:
+def test_materialize_is_incremental_and_can_go_back(
+    stack_settings: Settings, store: FeatureStore, tmp_path: Path
+) -> None:
     materialize(stack_settings, JAN, store)  # no-op when the previous test ran
     jan = expected(MONTHS["2024-01-31"], USER)
     feb = expected(MONTHS["2024-02-29"], USER)
@@ -192,7 +188,13 @@ def test_materialize_is_incremental_and_can_go_back(stack_settings: Settings, st
     assert row["event_timestamp"] == datetime(2024, 2, 29, tzinfo=UTC)
     assert materialize(stack_settings, FEB, store).plan.reason == "current"
 
-    # A month the online store already reflects is ingested again: the next run reloads the window.
+    # A month the online store already reflects is corrected: the next run reloads the window. (The
+    # correction is undone by ingesting the original once more: a third revision, the same values.)
+    corrected = tmp_path / "corrected"
+    shutil.copytree(MONTHS["2024-01-31"], corrected)
+    header, *rows = (corrected / "labels.csv").read_text().splitlines()
+    (corrected / "labels.csv").write_text("\n".join([header, *reversed(rows)]) + "\n")  # same rows, new bytes
+    ingest_month(corrected, JAN, stack_settings)
     ingest_month(MONTHS["2024-01-31"], JAN, stack_settings)
     plan = plan_materialization(stack_settings, FEB, store)
     assert (plan.reason, plan.window_start) == ("reingested", datetime(2024, 2, 29, tzinfo=UTC) - FEATURE_TTL)
