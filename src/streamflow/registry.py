@@ -5,6 +5,10 @@ when it beats the current production version on the SAME hold-out users (the sta
 at the candidate's as_of) by ``promotion_margin`` ROC-AUC, unless forced. Every decision is written
 to the candidate's version tags. A PostgreSQL advisory lock serialises promotions, so concurrent
 callers each see the result of the previous one and exactly one version holds the alias.
+
+Promotion and the online store agree: a version takes the alias only once the online store holds
+the snapshot at its as_of or a later one (it is materialized first when it holds an older one), so
+the API never serves a model features older than the month it was trained on.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from streamflow import db
+from streamflow.errors import NotReady
 from streamflow.settings import Settings, get_settings
 from streamflow.training.tracking import use_mlflow
 
 _LOCK_KEY = 0x5F_50_52_4F  # one promotion at a time, across processes
 
 
-class PromotionError(RuntimeError):
+class PromotionError(NotReady):
     """The request cannot be carried out (no such version, nothing to roll back to...)."""
 
 
@@ -32,6 +37,8 @@ class Decision:
     candidate_auc: float
     production_auc: float | None
     reason: str
+    online_as_of: date | None = None  # the snapshot the online store serves after the decision
+    materialized: bool = False  # the online store was brought to the version's as_of for it
 
 
 def _client(settings: Settings):
@@ -88,6 +95,33 @@ def holdout_auc(client, settings: Settings, version: int, as_of: date) -> float:
     return float(mv.tags[key])
 
 
+def ensure_online(settings: Settings, as_of: date) -> tuple[date, bool]:
+    """Make the online store hold the snapshot at ``as_of`` or a later one; returns (the snapshot it
+    serves, whether it was materialized now). Raises PromotionError when that is impossible."""
+    from streamflow.features.materialize import last_materialization, materialize
+
+    last = last_materialization(settings)
+    if last is not None and last.snapshot_as_of >= as_of:
+        return last.snapshot_as_of, False
+    held = "no snapshot" if last is None else f"the snapshot at {last.snapshot_as_of}"
+    try:
+        result = materialize(settings, as_of)
+    except Exception as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise PromotionError(
+            f"not promoted: the online store holds {held}, the version was trained at {as_of},"
+            f" and materializing {as_of} failed ({type(exc).__name__}: {detail})",
+            f"run `streamflow features materialize --as-of {as_of}`, then promote again",
+        ) from exc
+    if result.snapshot_as_of < as_of:  # no snapshot at as_of any more: serving would be stale
+        raise PromotionError(
+            f"not promoted: the online store can serve the snapshot at {result.snapshot_as_of} at most,"
+            f" older than the version's as_of {as_of}",
+            f"ingest the month at {as_of} again",
+        )
+    return result.snapshot_as_of, True
+
+
 def promote(
     settings: Settings | None = None,
     version: int | None = None,
@@ -141,7 +175,9 @@ def promote(
             "gate_candidate_roc_auc": f"{cand_auc:.6f}",
             "gate_production_roc_auc": "" if prod_auc is None else f"{prod_auc:.6f}",
         }
-        if promoted:
+        online_as_of, materialized = None, False
+        if promoted:  # before the alias moves: the API swaps models as soon as it does
+            online_as_of, materialized = ensure_online(settings, as_of)
             client.set_registered_model_alias(settings.model_name, settings.production_alias, str(version))
             tags |= {
                 "promoted_at": now,
@@ -151,7 +187,7 @@ def promote(
             }
         for key, value in tags.items():
             client.set_model_version_tag(settings.model_name, str(version), key, value)
-    return Decision(version, promoted, current, cand_auc, prod_auc, reason)
+    return Decision(version, promoted, current, cand_auc, prod_auc, reason, online_as_of, materialized)
 
 
 def rollback(settings: Settings | None = None, by: str | None = None) -> Decision:
@@ -166,6 +202,8 @@ def rollback(settings: Settings | None = None, by: str | None = None) -> Decisio
         previous = client.get_model_version(settings.model_name, str(current)).tags.get("previous_version")
         if not previous:
             raise PromotionError(f"version {current} has no previous production version to roll back to")
+        previous_as_of = client.get_model_version(settings.model_name, previous).tags["as_of"]
+        online_as_of, materialized = ensure_online(settings, date.fromisoformat(previous_as_of))
         client.set_registered_model_alias(settings.model_name, settings.production_alias, previous)
         now = datetime.now(UTC).isoformat(timespec="seconds")
         reason = f"rollback from version {current}"
@@ -177,7 +215,7 @@ def rollback(settings: Settings | None = None, by: str | None = None) -> Decisio
         }.items():
             client.set_model_version_tag(settings.model_name, previous, key, value)
         client.set_model_version_tag(settings.model_name, str(current), "rolled_back_at", now)
-    return Decision(int(previous), True, current, float("nan"), None, reason)
+    return Decision(int(previous), True, current, float("nan"), None, reason, online_as_of, materialized)
 
 
 @dataclass(frozen=True)

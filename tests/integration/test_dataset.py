@@ -8,8 +8,10 @@ import pandas as pd
 import pytest
 from feast import FeatureStore
 
+from streamflow.features.apply import apply
+from streamflow.features.config import feature_store
 from streamflow.features.definitions import feature_spec
-from streamflow.features.store import NoSnapshotError, apply, feature_store
+from streamflow.features.snapshots import NoSnapshotError
 from streamflow.settings import Settings
 from streamflow.training.dataset import TrainingSet, add_months, available_as_of, training_set
 from tests.conftest import MONTHS
@@ -63,6 +65,7 @@ def test_training_set_at_january(jan: TrainingSet) -> None:
         "positives": 1869,
         "features": list(feature_spec().names),
         "fingerprint": None,
+        "revisions": {"2024-01-31": 1},  # the month read (no earlier month in the feature window)
     }
     # Every value is January's export: nothing from February leaked in.
     want = csv_month("2024-01-31")

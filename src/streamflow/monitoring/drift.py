@@ -194,12 +194,17 @@ def drift_report(
 ) -> DriftResult:
     """Compare the snapshot at ``current`` with the one at ``reference``; save, log and record the report."""
     import mlflow
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.metrics import ValueDrift
-    from evidently.presets import DataDriftPreset
+
+    with warnings.catch_warnings():
+        # Evidently's import warns about numpy.core, and the litestar it imports about its own API:
+        # third-party DeprecationWarnings that Feast's import made visible (logs.py), nothing for us.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from evidently import DataDefinition, Dataset, Report
+        from evidently.metrics import ValueDrift
+        from evidently.presets import DataDriftPreset
 
     from streamflow.data.ingest import prepare
-    from streamflow.features.store import feature_store
+    from streamflow.features.config import feature_store
     from streamflow.monitoring.scoring import NoProductionModel, ensure_scored, load_model, snapshot_features
     from streamflow.training.tracking import use_mlflow
 

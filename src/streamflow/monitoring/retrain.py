@@ -31,8 +31,6 @@ from streamflow.settings import Settings
 log = logging.getLogger(__name__)
 
 FEATURE_DRIFT, TARGET_DRIFT, HOLDOUT_AUC = "feature_drift", "target_drift", "holdout_auc"  # triggers
-MODEL_TYPE = "logreg"
-FEATURE_SERVICE = "churn_v2"
 HOLDOUT_FRACTION = 0.25  # train_model's split; a version's own value is read from its run params
 
 
@@ -98,6 +96,7 @@ class RetrainDecision:
     production_auc: float | None
     holdout_users: int  # users the gate compared both models on (0 when nothing was trained)
     reason: str
+    online_as_of: date | None = None  # snapshot the online store serves after a promotion
 
     @property
     def fired(self) -> tuple[str, ...]:
@@ -151,15 +150,6 @@ def _tag(settings: Settings, version: int, tags: dict[str, Any]) -> None:
     client = mlflow.MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(settings.model_name, str(version), key, str(value))
-
-
-def _tag_run(run_id: str | None, tags: dict[str, Any]) -> None:
-    import mlflow
-
-    if run_id:
-        client = mlflow.MlflowClient()
-        for key, value in tags.items():
-            client.set_tag(run_id, key, str(value))
 
 
 def _has_labels(settings: Settings, as_of: date) -> bool:
@@ -275,8 +265,8 @@ def monitor_and_retrain(
     reference: date,
     current: date,
     threshold: float | None = None,
-    model_type: str = MODEL_TYPE,
-    feature_service: str = FEATURE_SERVICE,
+    model_type: str | None = None,
+    feature_service: str | None = None,
     *,
     target_alpha: float | None = None,
     auc_drop: float | None = None,
@@ -290,7 +280,9 @@ def monitor_and_retrain(
     between both months' labels has p below ``target_alpha``; when ``current`` has labels,
     production's hold-out ROC-AUC there is more than ``auc_drop`` below the one recorded at its
     training. Unset values come from settings (drift_threshold, target_drift_alpha,
-    retrain_auc_drop). ``drift`` reuses a DriftResult already computed for the pair; drift is
+    retrain_auc_drop, candidate_model_type, candidate_feature_service). A promoted candidate gets the
+    online store materialized to ``current`` first (registry.promote).
+    ``drift`` reuses a DriftResult already computed for the pair; drift is
     measured over the production model's feature service unless ``drift_service`` says."""
     from streamflow.monitoring.drift import drift_report
     from streamflow.registry import production_version, promote
@@ -298,6 +290,8 @@ def monitor_and_retrain(
     from streamflow.training.train import train_model
 
     threshold = settings.drift_threshold if threshold is None else threshold
+    model_type = model_type or settings.candidate_model_type
+    feature_service = feature_service or settings.candidate_feature_service
     target_alpha = settings.target_drift_alpha if target_alpha is None else target_alpha
     auc_drop = settings.retrain_auc_drop if auc_drop is None else auc_drop
     use_mlflow(settings)
@@ -414,6 +408,7 @@ def monitor_and_retrain(
         production_auc=decision.production_auc,
         holdout_users=len(split.holdout),
         reason=reason,
+        online_as_of=decision.online_as_of,
     )
 
 

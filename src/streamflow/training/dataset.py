@@ -14,24 +14,26 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import pandas as pd
-import psycopg
 from feast import FeatureStore
 from feast.types import Bool, Int64, String
-from psycopg import sql
 
 from streamflow import db
+from streamflow.data import revisions
+from streamflow.features.config import feature_store
 from streamflow.features.definitions import (
     DEFAULT_FEATURE_SERVICE,
     FEATURE_SERVICES,
     FEATURE_VIEWS,
     feature_spec,
 )
-from streamflow.features.store import NoSnapshotError, feature_store, snapshot_dates
+from streamflow.features.historical import historical_job, relation
+from streamflow.features.snapshots import NoSnapshotError, snapshot_dates
 from streamflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ class TrainingSet:
     features: tuple[str, ...]
     fingerprint: str
     seconds: float
+    # The revision each snapshot month was read at: the feature window's months and the labels' month.
+    revisions: dict[date, int] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -72,6 +76,7 @@ class TrainingSet:
             "positives": self.positives,
             "features": list(self.features),
             "fingerprint": self.fingerprint,
+            "revisions": {d.isoformat(): r for d, r in sorted(self.revisions.items())},
         }
 
 
@@ -99,38 +104,31 @@ def _months_between(a: date, b: date) -> int:
     return (b.year - a.year) * 12 + b.month - a.month
 
 
-def _entity_sql(as_of: date, label_as_of: date) -> str:
+def _entity_sql(as_of: date, label_as_of: date, pins: Mapping[date, int]) -> str:
     # Literal dates (ISO from date objects: nothing to inject), as Feast runs the SQL text itself.
     return (
         f"SELECT s.user_id, s.as_of_ts AS {ENTITY_TS}, l.churn_label::int AS {LABEL}"
-        " FROM user_snapshots s JOIN labels l ON l.user_id = s.user_id"
-        f" AND l.as_of = DATE '{label_as_of.isoformat()}'"
+        f" FROM {relation('user_snapshots', pins)} s JOIN {relation('labels', pins)} l"
+        f" ON l.user_id = s.user_id AND l.as_of = DATE '{label_as_of.isoformat()}'"
         f" WHERE s.as_of = DATE '{as_of.isoformat()}'"
     )
 
 
-def _ensure_statistics(settings: Settings) -> None:
-    """ANALYZE the tables the point-in-time query reads if they changed since their last ANALYZE.
+def feature_window(as_of: date) -> tuple[date, date]:
+    """The snapshot months a point-in-time read at ``as_of`` can take values from (both ends included)."""
+    ttl = max((fv.ttl for fv in FEATURE_VIEWS if fv.ttl), default=timedelta(0))
+    return as_of - ttl, as_of
 
-    Without statistics (right after an ingest, before autovacuum wakes up) PostgreSQL plans Feast's
-    query with nested loops: ~40 s instead of ~1 s for 7,043 users. ANALYZE of these tables costs
-    milliseconds; a role that may not run it just gets the slower plan.
-    """
-    tables = [fv.batch_source.get_table_query_string() for fv in FEATURE_VIEWS] + ["labels"]
-    with db.connect(db.target(settings), settings, autocommit=True) as conn:
-        stale = [
-            r[0]
-            for r in conn.execute(
-                "SELECT relname FROM pg_stat_user_tables WHERE schemaname = 'public' AND relname = ANY(%s)"
-                " AND (n_mod_since_analyze > 0 OR coalesce(last_analyze, last_autoanalyze) IS NULL)",
-                (tables,),
-            )
-        ]
-        for table in stale:
-            try:
-                conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
-            except psycopg.errors.InsufficientPrivilege:
-                log.warning("cannot ANALYZE %s: the training-set query may be slow", table)
+
+def read_revisions(
+    settings: Settings, as_of: date, label_as_of: date, pins: Mapping[date, int] | None = None
+) -> tuple[dict[date, int], dict[date, int]]:
+    """(the revision each month of the read is taken at, the pins that differ from what months serve)."""
+    start, end = feature_window(as_of)
+    with db.connect(db.target(settings), settings) as conn:
+        months = [d for d in snapshot_dates(settings) if start <= d <= end] + [label_as_of]
+        read = revisions.read_at(conn, months, pins)
+        return read, revisions.pinned_only(conn, read)
 
 
 def _dtypes(service: str) -> dict[str, str]:
@@ -183,9 +181,13 @@ def training_set(
     service: str = DEFAULT_FEATURE_SERVICE,
     label_horizon: int = 0,
     store: FeatureStore | None = None,
+    pins: Mapping[date, int] | None = None,
 ) -> TrainingSet:
     """Users of the snapshot at ``as_of`` with their features at ``as_of`` and the labels of the snapshot
-    ``label_horizon`` months later (users absent from that snapshot are left out)."""
+    ``label_horizon`` months later (users absent from that snapshot are left out).
+
+    Each month is read at the revision it serves, or at its revision in ``pins`` (as_of -> revision).
+    """
     t0 = time.perf_counter()
     if label_horizon < 0:
         raise ValueError(f"label_horizon must be >= 0, got {label_horizon}")
@@ -201,13 +203,11 @@ def training_set(
             labelled,
         )
     store = store or feature_store(settings)
-    _ensure_statistics(settings)
+    read, pinned = read_revisions(settings, as_of, label_as_of, pins)
     with warnings.catch_warnings():
         # Feast reads the entity query's schema with pandas on a raw psycopg connection.
         warnings.filterwarnings("ignore", message="pandas only supports SQLAlchemy", category=UserWarning)
-        job = store.get_historical_features(
-            entity_df=_entity_sql(as_of, label_as_of), features=store.get_feature_service(service)
-        )
+        job = historical_job(store, _entity_sql(as_of, label_as_of, pinned), service, pinned)
         frame = normalise(job.to_df(), service)
     return TrainingSet(
         frame=frame,
@@ -217,4 +217,5 @@ def training_set(
         features=spec.names,
         fingerprint=fingerprint(frame),
         seconds=time.perf_counter() - t0,
+        revisions=read,
     )

@@ -3,30 +3,51 @@
 The run holds params, hold-out metrics, plots, the feature schema, the training data's fingerprint
 (also logged as an MLflow dataset input), the git commit and package versions. The fitted pipeline
 is registered as a new version of ``streamflow_churn`` together with its ONNX conversion, which is
-checked against the pipeline before anything is logged.
+checked against the pipeline (on every hold-out row) before anything is logged.
+
+:func:`fit_and_convert` is the part without a database or MLflow: hold-out split, selection and fit,
+hold-out metrics, ONNX conversion and verification, with each stage's seconds. ``train_model`` runs it
+on a point-in-time training set; ``bench/bench_train.py`` runs it on CSV exports joined in memory.
+What it logs stays bounded at any size: plots from at most ``PLOT_ROWS`` hold-out rows, a 500-row
+verification sample, a 5-row signature/input example.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
 
 from streamflow.features.definitions import DEFAULT_FEATURE_SERVICE, feature_spec
 from streamflow.serving.fast_model import OnnxPredictor, to_onnx, verify
 from streamflow.settings import Settings, get_settings
-from streamflow.training.dataset import training_set
-from streamflow.training.lineage import git_commit, package_versions
-from streamflow.training.models import FittedModel, evaluate, fit_model, holdout_mask, to_model_input
+from streamflow.training.dataset import LABEL, training_set
+from streamflow.training.lineage import environment, git_commit, package_versions
+from streamflow.training.models import (
+    FittedModel,
+    StageProgress,
+    cv_sample,
+    evaluate,
+    fit_model,
+    holdout_mask,
+    to_model_input,
+)
+
+if TYPE_CHECKING:
+    from streamflow.features.definitions import FeatureSpec
 from streamflow.training.plots import evaluation_plots, importance_plot
 from streamflow.training.tracking import use_mlflow
 
 ONNX_ARTIFACT = "onnx/model.onnx"
 SAMPLE_ARTIFACT = "onnx/verification_sample.parquet"  # hold-out rows the API re-checks the fast path on
 SAMPLE_ROWS = 500
+PLOT_ROWS = 50_000  # hold-out rows the ROC / PR / confusion plots are drawn from (stratified sample)
 SCHEMA_ARTIFACT = "feature_schema.json"
 
 
@@ -61,6 +82,56 @@ def _version(name: str) -> str:
     return metadata.version(name)
 
 
+@dataclass
+class Trained:
+    """What :func:`fit_and_convert` produced from one frame."""
+
+    fitted: FittedModel
+    holdout: np.ndarray  # bool per row of the frame
+    metrics: dict[str, float]  # on the hold-out rows
+    holdout_proba: np.ndarray  # scikit-learn's P(churn=1) on the hold-out rows
+    onnx_bytes: bytes
+    onnx_max_abs_diff: float
+    seconds: dict[str, float] = field(default_factory=dict)  # split, cv_search, cv_threshold, fit, ...
+
+
+def fit_and_convert(
+    frame: pd.DataFrame,
+    spec: FeatureSpec,
+    model_type: str,
+    seed: int,
+    settings: Settings,
+    *,
+    show_progress: bool = False,
+) -> Trained:
+    """Hold-out split -> selection and fit on the training users -> hold-out metrics -> ONNX, verified
+    on every hold-out row. ``frame``: user_id, the spec's features (as Feast returns them), churn_label."""
+    with StageProgress(show_progress) as stages:
+        with stages.stage("split", "hold-out split (hash of user_id)", len(frame)):
+            holdout = holdout_mask(frame["user_id"], settings.holdout_fraction)
+            features = frame[list(spec.names)]
+            y = frame[LABEL].to_numpy(dtype=int)
+        fitted = fit_model(
+            model_type,
+            features[~holdout],
+            y[~holdout],
+            spec,
+            seed,
+            cv_folds=settings.cv_folds,
+            cv_sample_rows=settings.cv_sample_rows,
+            progress=stages,
+        )
+        held_out = features[holdout]
+        with stages.stage("evaluate", f"{model_type}: hold-out metrics", len(held_out)):
+            proba = fitted.predict_proba(held_out)
+            metrics = evaluate(fitted, held_out, y[holdout], proba=proba)
+        with stages.stage("convert", f"{model_type}: ONNX conversion"):
+            onnx_bytes = to_onnx(fitted.pipeline, spec)
+        with stages.stage("verify", f"{model_type}: ONNX = scikit-learn on the hold-out", len(held_out)):
+            diff = verify(fitted.pipeline, OnnxPredictor(onnx_bytes, spec), held_out, expected=proba)
+    return Trained(fitted, holdout, metrics, proba, onnx_bytes, diff, dict(stages.seconds))
+
+
 def train_model(
     as_of: date,
     model_type: str = "baseline",
@@ -68,6 +139,8 @@ def train_model(
     feature_service: str = DEFAULT_FEATURE_SERVICE,
     label_horizon: int = 0,
     settings: Settings | None = None,
+    *,
+    show_progress: bool = False,
 ) -> TrainResult:
     import mlflow
     from mlflow.data.code_dataset_source import CodeDatasetSource
@@ -78,17 +151,13 @@ def train_model(
     spec = feature_spec(feature_service)
     data = training_set(settings, as_of, feature_service, label_horizon)
     frame = data.frame
+    trained = fit_and_convert(frame, spec, model_type, seed, settings, show_progress=show_progress)
+    fitted, holdout, metrics = trained.fitted, trained.holdout, trained.metrics
     features = frame[list(spec.names)]  # as Feast returns them; the pipeline's input is derived from it
-    y = frame["churn_label"].to_numpy(dtype=int)
-    holdout = holdout_mask(frame["user_id"])
-
-    started = time.perf_counter()
-    fitted = fit_model(model_type, features[~holdout], y[~holdout], spec, seed)
-    train_seconds = time.perf_counter() - started
-    metrics = evaluate(fitted, features[holdout], y[holdout])
-    onnx_bytes = to_onnx(fitted.pipeline, spec)
-    onnx_diff = verify(fitted.pipeline, OnnxPredictor(onnx_bytes, spec), features[holdout])
-    X = to_model_input(features, spec)
+    y = frame[LABEL].to_numpy(dtype=int)
+    train_seconds = sum(trained.seconds[k] for k in ("cv_search", "cv_threshold", "fit"))
+    onnx_bytes, onnx_diff = trained.onnx_bytes, trained.onnx_max_abs_diff
+    installed = environment()  # lock, Python and platform, on the run and on the version
 
     use_mlflow(settings)
     client = mlflow.MlflowClient()
@@ -104,7 +173,9 @@ def train_model(
                 "rows": len(frame),
                 "train_rows": int((~holdout).sum()),
                 "holdout_rows": int(holdout.sum()),
-                "holdout_fraction": 0.25,
+                "holdout_fraction": settings.holdout_fraction,
+                "cv_sample_rows": fitted.cv_rows,
+                "cv_folds": fitted.cv_folds,
                 "threshold": fitted.threshold,
                 **{f"hp_{k}": v for k, v in fitted.params.items()},
             }
@@ -116,11 +187,14 @@ def train_model(
                 "cv_roc_auc": fitted.cv_score,
                 "cv_oof_f1": fitted.oof_f1,
                 "onnx_max_abs_diff": onnx_diff,
+                "onnx_bytes": len(onnx_bytes),
+                **{f"seconds_{k}": v for k, v in trained.seconds.items()},
             }
         )
         mlflow.set_tags(
             {
                 "git_commit": git_commit(),
+                **installed,
                 "data_fingerprint": data.fingerprint,
                 **{f"version.{k}": v for k, v in package_versions().items()},
             }
@@ -149,8 +223,9 @@ def train_model(
             "threshold": fitted.threshold,
         }
         mlflow.log_dict(schema, SCHEMA_ARTIFACT)
-        proba = fitted.pipeline.predict_proba(X[holdout])[:, 1]
-        for name, fig in evaluation_plots(y[holdout], proba, fitted.threshold).items():
+        plotted = cv_sample(y[holdout], PLOT_ROWS, seed)  # stratified: the curves keep their shape
+        plot_y, plot_proba = y[holdout][plotted], trained.holdout_proba[plotted]
+        for name, fig in evaluation_plots(plot_y, plot_proba, fitted.threshold).items():
             mlflow.log_figure(fig, f"plots/{name}")
         if (fig := importance_plot(fitted.pipeline)) is not None:
             mlflow.log_figure(fig, "plots/feature_importance.png")
@@ -161,7 +236,7 @@ def train_model(
             sample = Path(tmp) / Path(SAMPLE_ARTIFACT).name
             features[holdout].head(SAMPLE_ROWS).to_parquet(sample, index=False)
             mlflow.log_artifact(str(sample), artifact_path=str(Path(SAMPLE_ARTIFACT).parent))
-        example = X.iloc[:5]
+        example = to_model_input(features.head(5), spec)
         info = mlflow.sklearn.log_model(
             fitted.pipeline,
             name="model",
@@ -180,6 +255,7 @@ def train_model(
         "holdout_roc_auc": repr(metrics["roc_auc"]),
         "data_fingerprint": data.fingerprint,
         "onnx_artifact": ONNX_ARTIFACT,
+        **installed,
     }.items():
         client.set_model_version_tag(settings.model_name, str(version), key, value)
     client.update_model_version(
@@ -208,7 +284,7 @@ def scores_on_holdout(version: int, as_of: date, settings: Settings) -> dict[str
     service = mv.tags.get("feature_service", DEFAULT_FEATURE_SERVICE)
     spec = feature_spec(service)
     data = training_set(settings, as_of, service)
-    holdout = holdout_mask(data.frame["user_id"])
+    holdout = holdout_mask(data.frame["user_id"], settings.holdout_fraction)
     features = data.frame[list(spec.names)][holdout]
     y = data.frame["churn_label"].to_numpy(dtype=int)[holdout]
     pipeline = mlflow.sklearn.load_model(f"models:/{settings.model_name}/{version}")
