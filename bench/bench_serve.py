@@ -71,7 +71,8 @@ def build_stack(settings, work: Path) -> int:
     """Ingest, apply, materialize, train, promote. Returns the production version."""
     from streamflow.data.generate import generate_months
     from streamflow.data.ingest import ingest_month
-    from streamflow.features.store import apply, materialize
+    from streamflow.features.apply import apply
+    from streamflow.features.materialize import materialize
     from streamflow.registry import promote
     from streamflow.training.train import train_model
 
@@ -337,8 +338,8 @@ def invalidation_latency(settings, rounds: int = 200) -> None:
     import psycopg
 
     from streamflow import db
+    from streamflow.features.config import FEAST_SCHEMA, PROJECT
     from streamflow.features.definitions import FEATURE_VIEWS
-    from streamflow.features.store import FEAST_SCHEMA, PROJECT
     from streamflow.serving.online_cache import OnlineCache, listen
 
     conninfo = db.target(settings).conninfo()
@@ -473,7 +474,7 @@ def main() -> None:
     servers: list[Server] = []
     try:
         if known.get("database_name") == name and known.get("version"):
-            from streamflow.features.store import apply
+            from streamflow.features.apply import apply
 
             version = known["version"]
             log(f"reusing the stack in {state} (database {name}, version {version})")

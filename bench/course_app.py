@@ -37,8 +37,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         import mlflow
 
+        from streamflow.features.config import feature_store
         from streamflow.features.definitions import DEFAULT_FEATURE_SERVICE, feature_spec
-        from streamflow.features.store import feature_store
         from streamflow.training.tracking import use_mlflow
 
         store = feature_store(settings)

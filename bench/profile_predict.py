@@ -396,7 +396,7 @@ async def main_async(ids: list[str], n: int) -> None:
             service.refresh()
             refresh_wall.append((time.perf_counter_ns() - t0) / 1e6)
             refresh_cpu.append((time.thread_time_ns() - c0) / 1e6)
-        from streamflow.features.store import last_materialization
+        from streamflow.features.materialize import last_materialization
         from streamflow.monitoring.drift import latest_drift_share
 
         client = service.holder._client()

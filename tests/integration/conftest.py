@@ -22,7 +22,7 @@ class TrainedStack:
 
 @pytest.fixture(scope="session")
 def trained(stack_settings: Settings) -> TrainedStack:
-    from streamflow.features.store import apply
+    from streamflow.features.apply import apply
     from streamflow.training.train import train_model
 
     apply(stack_settings)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import os
-import signal
-import socket
+import re
 import subprocess
 import sys
 import threading
@@ -23,18 +20,19 @@ import pandas as pd
 import pytest
 
 from streamflow import db
+from streamflow.features.config import feature_store, reset_feature_stores
 from streamflow.features.definitions import feature_spec
-from streamflow.features.store import feature_store, materialize, reset_feature_stores
+from streamflow.features.materialize import materialize
 from streamflow.registry import promote
 from streamflow.settings import Settings
 from streamflow.training.models import to_model_input
 from streamflow.training.tracking import use_mlflow
 from tests.conftest import MONTHS
+from tests.integration.api_server import POLL_S, TOKEN, Server, serving, wait_for
+from tests.integration.api_server import metric as _samples
 from tests.integration.conftest import FEB, JAN, TrainedStack
 
-TOKEN = "test-admin-token"
 USER = "7590-VHVEG"
-POLL_S = 0.5  # the API's model/materialization poll interval in these tests
 
 
 @dataclass
@@ -42,74 +40,10 @@ class Api:
     url: str
     settings: Settings
     stack: TrainedStack
-    process: subprocess.Popen
+    server: Server
 
     def client(self, timeout: float = 10.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(settings: Settings, port: int) -> dict[str, str]:
-    # As from a fresh shell: importing Feast in this process set a PROMETHEUS_MULTIPROC_DIR.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMFLOW_", "PROMETHEUS_MULTIPROC"))}
-    env |= {
-        "STREAMFLOW_STATE_DIR": str(settings.state_dir),
-        "STREAMFLOW_DATABASE_NAME": settings.database_name,
-        "STREAMFLOW_ADMIN_TOKEN": TOKEN,
-        "STREAMFLOW_MODEL_POLL_INTERVAL_S": str(POLL_S),
-        "STREAMFLOW_API_PORT": str(port),
-    }
-    if settings.embedded_pg_dir:
-        env["STREAMFLOW_EMBEDDED_PG_DIR"] = str(settings.embedded_pg_dir)
-    if settings.database_url:
-        env["STREAMFLOW_DATABASE_URL"] = settings.database_url
-    return env
-
-
-def _wait(url: str, path: str, seconds: float, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "API process exited"
-        try:
-            if httpx.get(url + path, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{path} not 200 within {seconds} s")
-
-
-@contextlib.contextmanager
-def _serving(
-    settings: Settings, *args: str, env: dict[str, str] | None = None
-) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`streamflow serve` in a subprocess, ready and with its online cache on; stopped with Ctrl-C."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamflow.cli", "serve", "--port", str(port), *args],
-        env=_env(settings, port) | (env or {}),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait(url, "/ready", 180, process)
-        deadline = time.monotonic() + 30  # the cache switches on once its listener is confirmed
-        while httpx.get(url + "/ready", timeout=5).json()["online_cache"] != "on":
-            assert time.monotonic() < deadline, "online cache still off"
-            time.sleep(0.1)
-        yield url, process
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +51,8 @@ def api(trained: TrainedStack) -> Iterator[Api]:
     settings = trained.settings
     materialize(settings, JAN)
     promote(settings, version=trained.baseline.version, force=True, by="test_api")
-    with _serving(settings) as (url, process):
-        yield Api(url, settings, trained, process)
+    with serving(settings) as server:
+        yield Api(server.url, settings, trained, server)
 
 
 def csv_values(month: str, user_id: str) -> dict[str, str]:
@@ -181,6 +115,7 @@ def test_unknown_user_is_404_with_missing_features(api: Api) -> None:
     assert response.status_code == 404
     assert response.json() == {
         "error": "Missing features for user_id=999999",
+        "code": "unknown_user",
         "missing_features": list(feature_spec("churn_v1").names),
     }
     assert features.status_code == 404 and features.json()["missing_features"] == list(feature_spec().names)
@@ -205,6 +140,19 @@ def test_malformed_json_and_bad_path_ids(api: Api) -> None:
         long_path = c.get("/features/" + "x" * 65)
     assert broken.status_code == 422 and long_path.status_code == 422
     assert not_utf8.status_code == 422 and not_utf8.json()["error"].startswith("invalid request")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "application/json; charset=utf-8", 'Application/JSON;Charset="UTF-8"'],
+)
+def test_json_with_or_without_charset_is_answered_alike(api: Api, content_type: str) -> None:
+    headers = {"content-type": content_type}
+    with api.client() as c:
+        one = c.post("/predict", content=f'{{"user_id": "{USER}"}}', headers=headers)
+        batch = c.post("/predict/batch", content=f'{{"user_ids": ["{USER}"]}}', headers=headers)
+    assert one.status_code == batch.status_code == 200, (one.text, batch.text)
+    assert batch.json()["results"][0]["probability"] == one.json()["probability"]
 
 
 def test_batch_answers_every_id(api: Api) -> None:
@@ -250,16 +198,12 @@ def test_metrics_count_routes_and_outcomes_without_user_ids(api: Api) -> None:
     assert f'"{USER}"' not in text and '"999999"' not in text and "user_id=" not in text
 
 
-def _samples(text: str, prefix: str) -> float:
-    """Sum of the samples whose line starts with ``prefix`` (a metric name, or a name and its labels)."""
-    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(prefix))
-
-
 def test_metrics_add_up_over_several_workers(api: Api, tmp_path: Path) -> None:
     """With --workers 2 a scrape reaches one worker, yet answers for both together."""
     inherited = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}  # another process's folder: not ours to use
-    with _serving(api.settings, "--workers", "2", env=inherited) as (url, process):
-        metrics_dir = api.settings.state_dir.resolve() / "metrics" / f"serve-{process.pid}"
+    with serving(api.settings, "--workers", "2", env=inherited) as server:
+        url = server.url
+        metrics_dir = api.settings.state_dir.resolve() / "metrics" / f"serve-{server.process.pid}"
 
         def predict(_: int) -> int:  # a new connection each time, several at once: both workers answer
             return httpx.post(url + "/predict", json={"user_id": USER}, timeout=30).status_code
@@ -470,10 +414,13 @@ def test_openapi_contract(api: Api) -> None:
 
 
 def test_online_store_outage_is_503_then_recovers(api: Api) -> None:
-    """Stop PostgreSQL under load: answers become 503 within the timeout, then 200 again by themselves."""
+    """Stop PostgreSQL under load: answers become 503 within the timeout, saying in one line what is
+    down, then 200 again by themselves; the log gets one warning per dependency going down and one
+    coming back, no traceback."""
     if api.settings.database_url:
         pytest.skip("stopping an external server is not this test's business")
     budget = api.settings.online_timeout_s + 2.0
+    logged = len(api.server.log())
     db.stop_embedded(api.settings)
     try:
         with api.client(timeout=budget + 5) as c:
@@ -482,15 +429,18 @@ def test_online_store_outage_is_503_then_recovers(api: Api) -> None:
                 r = c.post("/predict", json={"user_id": USER})
                 assert r.status_code == 503, r.text
                 assert time.monotonic() - started < budget
-                assert "online store" in r.json()["error"]
+                assert_one_line_outage(r.json())
             ready = c.get("/ready")
-            assert ready.status_code == 503
+            assert ready.status_code == 503 and ready.json()["reasons"] == ["online_store_unavailable"]
             # Three model polls later it is still down: the API never restarts a server someone stopped,
             # and its feature cache stays off without the server's change notifications.
             until = time.monotonic() + 3 * POLL_S
             while time.monotonic() < until:
                 assert c.post("/predict", json={"user_id": USER}).status_code == 503
             assert not db.embedded_running(api.settings)
+            wait_for(
+                "the registry poll sees the outage", lambda: "model registry" in api.server.log()[logged:], 10
+            )
     finally:
         db.start_embedded(api.settings)
         reset_feature_stores()  # this test process's cached Feast objects held connections to the old server
@@ -502,3 +452,32 @@ def test_online_store_outage_is_503_then_recovers(api: Api) -> None:
             time.sleep(0.5)
         else:
             pytest.fail("API did not recover within 30 s of PostgreSQL coming back")
+    assert_one_outage_logged(api.server, logged, ("online store", "model registry"))
+
+
+OUTAGE = re.compile(r"online store \(PostgreSQL at [^()]+\) (did not answer within 2 s|failed: \w+: .+)")
+
+
+def assert_one_line_outage(body: dict) -> None:
+    """A 503 that says what is down, in one line, with something after any colon."""
+    assert body["code"] == "online_store_unavailable", body
+    assert OUTAGE.fullmatch(body["error"]) and "\n" not in body["error"], body
+
+
+def assert_one_outage_logged(server: Server, since: int, names: tuple[str, ...]) -> None:
+    """Once the dependencies are back: exactly one 'is down' and one 'is back' line for each."""
+
+    def lines() -> list[str]:
+        return server.log()[since:].splitlines()
+
+    def back(name: str) -> bool:
+        return any(name in x and " is back " in x for x in lines())
+
+    for name in names:
+        wait_for(f"{name} logged as back", lambda name=name: back(name), 15)
+    log = server.log()[since:]
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+    for name in names:
+        down = [x for x in lines() if x.startswith("WARNING") and name in x and " is down: " in x]
+        up = [x for x in lines() if x.startswith("WARNING") and name in x and " is back " in x]
+        assert len(down) == 1 and len(up) == 1, log[-3000:]

@@ -18,13 +18,13 @@ import mlflow
 import pytest
 
 from streamflow import db
-from streamflow.features.store import materialize
+from streamflow.features.materialize import materialize
 from streamflow.monitoring.prediction_log import PredictionLog
 from streamflow.registry import production_version, promote
 from streamflow.settings import Settings
 from streamflow.training.tracking import use_mlflow
+from tests.integration.api_server import free_port, server_env, wait_for
 from tests.integration.conftest import JAN, TrainedStack
-from tests.integration.test_api import _env, _free_port, _wait
 
 
 def _entry(model_name: str, i: int) -> tuple:
@@ -84,6 +84,14 @@ def test_unreachable_database_keeps_the_buffer_bounded_and_counts_drops() -> Non
     assert closing < 3  # the shutdown budget (0.5 s) bounds close(), not the database
 
 
+def _ready(url: str, process: subprocess.Popen) -> bool:
+    assert process.poll() is None, "API process exited"
+    try:
+        return httpx.get(url + "/ready", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def _metric(text: str, name: str) -> float:
     line = next(line for line in text.splitlines() if line.startswith(name + " "))
     return float(line.split()[1])
@@ -108,9 +116,9 @@ def test_api_logs_every_prediction_and_loses_none_on_shutdown(trained: TrainedSt
         ).fetchone()[0]
         conn.commit()
 
-    port = _free_port()
+    port = free_port()
     # A long flush interval (Settings.prediction_log_flush_interval_s): only the shutdown flush writes the tail.
-    env = _env(s, port) | {"STREAMFLOW_PREDICTION_LOG_FLUSH_INTERVAL_S": "60"}
+    env = server_env(s, port) | {"STREAMFLOW_PREDICTION_LOG_FLUSH_INTERVAL_S": "60"}
     process = subprocess.Popen(
         [sys.executable, "-m", "streamflow.cli", "serve", "--port", str(port)],
         env=env,
@@ -119,7 +127,7 @@ def test_api_logs_every_prediction_and_loses_none_on_shutdown(trained: TrainedSt
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait(url, "/ready", 180, process)
+        wait_for("the API is ready", lambda: _ready(url, process), 180)
 
         local = threading.local()
 

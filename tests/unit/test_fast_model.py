@@ -1,8 +1,7 @@
-"""The ONNX fast path reproduces the scikit-learn pipelines, batch and single row."""
+"""The ONNX fast path reproduces the scikit-learn pipelines, batch and single row (latency: bench/bench_train.py)."""
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -18,8 +17,10 @@ MODELS = ["baseline_v1", "logreg_v2", "gbm_v2"]
 
 
 @pytest.fixture(scope="module")
-def converted(request: pytest.FixtureRequest) -> dict[str, tuple[FittedModel, bytes, OnnxPredictor]]:
-    """Each fitted model with its ONNX bytes and predictor (converted once per module)."""
+def converted(
+    request: pytest.FixtureRequest, source: str
+) -> dict[str, tuple[FittedModel, bytes, OnnxPredictor]]:
+    """Each fitted model with its ONNX bytes and predictor (converted once per data source)."""
     out = {}
     for name in MODELS:
         fitted: FittedModel = request.getfixturevalue(name)
@@ -47,7 +48,7 @@ def test_onnx_equals_sklearn_on_holdout(
 ) -> None:
     fitted, _, predictor = converted[name]
     no_internet = holdout_frame["plan_stream_tv"].isna().to_numpy()
-    assert no_internet.sum() > 300  # the None plan_stream users are part of the comparison
+    assert no_internet.sum() > 200  # the None plan_stream users are part of the comparison
 
     expected = fitted.pipeline.predict_proba(to_model_input(holdout_frame, fitted.spec))[:, 1]
     got = predictor.predict_proba(holdout_frame)
@@ -125,34 +126,3 @@ def test_verify_raises_on_tampered_model(converted: dict, holdout_frame: pd.Data
     _, _, other_predictor = converted["logreg_v2"]
     with pytest.raises(FastPathMismatchError):
         verify(fitted.pipeline, other_predictor, holdout_frame)
-
-
-def test_single_row_latency(
-    converted: dict, holdout_frame: pd.DataFrame, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Measured and printed, never asserted (timings depend on the machine)."""
-
-    def median_ms(call, args: list, repeat: int) -> float:
-        times = []
-        for i in range(repeat):
-            start = time.perf_counter()
-            call(args[i % len(args)])
-            times.append(time.perf_counter() - start)
-        return float(np.median(times) * 1e3)
-
-    lines = []
-    for name in MODELS:
-        fitted, _, predictor = converted[name]
-        rows = feast_rows(holdout_frame.head(500), fitted.spec.names)
-        X = to_model_input(holdout_frame.head(500), fitted.spec)
-        one_row_frames = [X.iloc[[i]] for i in range(len(X))]
-        sklearn_ms = median_ms(
-            fitted.pipeline.predict_proba, one_row_frames, 200 if name == "baseline_v1" else 100
-        )
-        onnx_ms = median_ms(predictor.predict_one, rows, 1000)
-        lines.append(
-            f"[{name}] single row, median: scikit-learn predict_proba {sklearn_ms:.3f} ms, "
-            f"OnnxPredictor.predict_one {onnx_ms:.4f} ms, ratio {sklearn_ms / onnx_ms:.0f}x"
-        )
-    with capsys.disabled():
-        print("\n" + "\n".join(lines))

@@ -5,6 +5,12 @@ ONE row of a 300-tree forest; the same graph in onnxruntime runs it in well unde
 (DESIGN.md). The ONNX graph takes one input per feature column, named after the feature, so a row
 of feature values (as Feast returns it) maps straight onto the inputs. :func:`verify` proves the
 two paths agree before a converted model is trusted.
+
+skl2onnx 1.20 cannot convert scikit-learn 1.9's HistGradientBoostingClassifier as shipped: its tree
+walker gives leaves a Python ``False`` for ``nodes_missing_value_tracks_true``, which onnx refuses in
+an integer attribute ("Expected an int, got a boolean"; the uint32 child ids themselves are fine).
+:func:`_convert_hist_gradient_boosting` runs skl2onnx's own converter and casts that one list to
+ints; nothing else changes, and :func:`verify` checks the result like any other conversion.
 """
 
 from __future__ import annotations
@@ -17,8 +23,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
-from skl2onnx import convert_sklearn
+from skl2onnx import convert_sklearn, update_registered_converter
 from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+from skl2onnx.operator_converters.random_forest import convert_sklearn_random_forest_classifier
+from skl2onnx.shape_calculators.ensemble_shapes import calculate_linear_classifier_output_shapes
+from sklearn.ensemble import HistGradientBoostingClassifier
 
 from streamflow.training.models import MISSING_CATEGORY, to_model_input
 
@@ -31,6 +40,37 @@ if TYPE_CHECKING:
 # emits and what onnxruntime >= 1.16 runs.
 TARGET_OPSET = {"": 18, "ai.onnx.ml": 3}
 PROBABILITIES = "probabilities"  # the classifier's [n, 2] output once zipmap is off
+
+
+def _convert_hist_gradient_boosting(scope: Any, operator: Any, container: Any) -> None:
+    """skl2onnx's converter for HistGradientBoostingClassifier, with its missing-value flags as ints."""
+    add_node = container.add_node
+
+    def add_node_with_int_flags(op_type: str, *args: Any, **attrs: Any) -> Any:
+        flags = attrs.get("nodes_missing_value_tracks_true")
+        if flags is not None:
+            attrs["nodes_missing_value_tracks_true"] = [int(flag) for flag in flags]
+        return add_node(op_type, *args, **attrs)
+
+    container.add_node = add_node_with_int_flags
+    try:
+        convert_sklearn_random_forest_classifier(scope, operator, container)
+    finally:
+        del container.add_node  # the instance attribute: the class's method shows through again
+
+
+update_registered_converter(
+    HistGradientBoostingClassifier,
+    "SklearnHistGradientBoostingClassifier",
+    calculate_linear_classifier_output_shapes,
+    _convert_hist_gradient_boosting,
+    options={
+        "zipmap": [True, False, "columns"],
+        "raw_scores": [True, False],
+        "output_class_labels": [False, True],
+        "nocl": [True, False],
+    },  # the options skl2onnx registers for it
+)
 
 
 class FastPathMismatchError(AssertionError):
@@ -137,10 +177,24 @@ class OnnxPredictor:
 
 
 def verify(
-    pipeline: Pipeline, predictor: OnnxPredictor, sample_frame: pd.DataFrame, tol: float = 1e-5
+    pipeline: Pipeline,
+    predictor: OnnxPredictor,
+    sample_frame: pd.DataFrame,
+    tol: float = 1e-5,
+    *,
+    expected: np.ndarray | None = None,
 ) -> float:
-    """Max |P_onnx - P_sklearn| over ``sample_frame`` (Feast-shaped); raises if above ``tol`` or NaN."""
-    sklearn_proba = pipeline.predict_proba(to_model_input(sample_frame, predictor.spec))[:, 1]
+    """Max |P_onnx - P_sklearn| over ``sample_frame`` (Feast-shaped); raises if above ``tol`` or NaN.
+
+    ``expected``: the pipeline's P(churn=1) on these rows when the caller already has it (training
+    computes it for the hold-out metrics); it is not recomputed then.
+    """
+    if expected is None:
+        sklearn_proba = pipeline.predict_proba(to_model_input(sample_frame, predictor.spec))[:, 1]
+    else:
+        sklearn_proba = np.asarray(expected, dtype=np.float64)
+        if sklearn_proba.shape != (len(sample_frame),):
+            raise ValueError(f"expected has shape {sklearn_proba.shape}, frame has {len(sample_frame)} rows")
     onnx_proba = predictor.predict_proba(sample_frame).astype(np.float64)
     diff = np.abs(onnx_proba - sklearn_proba)
     max_diff = float(np.max(diff)) if len(diff) else 0.0

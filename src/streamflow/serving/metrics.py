@@ -42,6 +42,14 @@ class ApiMetrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=self.registry,
         )
+        self.rejected = Counter(
+            "streamflow_http_rejected_total",
+            "Requests the server refused and closed while receiving them (headers_timeout,"
+            " body_timeout, body_too_large, headers_too_large); those the app had begun to handle are"
+            " in streamflow_http_requests_total too, with their status (408, 413)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.predictions = Counter(
             "streamflow_predictions_total",
             "Predictions served",
@@ -130,7 +138,12 @@ MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") if MULTIPROCESS el
 
 
 class MetricsMiddleware:
-    """Pure ASGI (no per-request Request object): counts and times every HTTP request by route template."""
+    """Pure ASGI (no per-request Request object): counts and times every HTTP request by route template.
+
+    It also answers HEAD wherever GET is answered, as HTTP requires (FastAPI's routes do not: HEAD
+    /health was a 405): the app below sees a GET, in a copy of the scope, while uvicorn still sees
+    the HEAD in its own and sends the headers only. The metrics keep the method HEAD.
+    """
 
     def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
         self.app = app
@@ -144,6 +157,9 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        method = scope["method"]
+        if method == "HEAD":
+            scope = {**scope, "method": "GET"}
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -155,7 +171,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            key = (getattr(route, "path", None) or "unmatched", scope["method"], status)
+            key = (getattr(route, "path", None) or "unmatched", method, status)
             children = self._children.get(key)
             if children is None:  # labels() costs a few µs per call; the set of keys is small
                 labels = (key[0], key[1], str(status))

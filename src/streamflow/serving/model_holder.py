@@ -19,11 +19,23 @@ import pandas as pd
 
 from streamflow.features.definitions import FeatureSpec, feature_spec
 from streamflow.serving.fast_model import FastPathMismatchError, OnnxPredictor, verify
+from streamflow.serving.outages import Dependency, describe_uri, one_line
 from streamflow.settings import Settings
 from streamflow.training.tracking import use_mlflow
 from streamflow.training.train import ONNX_ARTIFACT, SAMPLE_ARTIFACT
 
 log = logging.getLogger(__name__)
+
+
+class _RegistryErrors(logging.Filter):
+    """MLflow logs a full traceback for every failed registry query ("SQLAlchemy database error"),
+    then raises it; the holder reports the registry's state itself, one line per change."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("SQLAlchemy database error")
+
+
+_REGISTRY_ERRORS = _RegistryErrors()
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,8 @@ class ModelHolder:
         self._refused: set[int] = set()
         self._lock = threading.Lock()  # one load at a time (watcher vs /admin/reload)
         self._mlflow_client = None
+        self.registry = Dependency("model registry")  # named with its address once MLflow is set up
+        logging.getLogger("mlflow.store.db.utils").addFilter(_REGISTRY_ERRORS)
 
     def _client(self):
         """One client for the process: configuring MLflow on every poll cost ~10 ms of CPU."""
@@ -57,8 +71,14 @@ class ModelHolder:
 
         if self._mlflow_client is None:
             use_mlflow(self.settings)
+            self.registry.name = f"model registry ({describe_uri(mlflow.get_registry_uri())})"
             self._mlflow_client = mlflow.MlflowClient()
         return self._mlflow_client
+
+    def _unavailable(self, exc: BaseException) -> None:
+        reason = one_line(exc)
+        self.registry.failed(reason)
+        self.last_error = f"{self.registry.name} unavailable: {reason}"
 
     def refresh(self) -> bool:
         """Load the version the alias points at if it is not the current one; True on a swap."""
@@ -71,13 +91,15 @@ class ModelHolder:
                 mv = client.get_model_version_by_alias(s.model_name, s.production_alias)
             except mlflow.exceptions.MlflowException as exc:
                 if "not found" in str(exc).lower() or "does not exist" in str(exc).lower():
+                    self.registry.answered()
                     self.last_error = f"no version of {s.model_name} holds @{s.production_alias}"
                 else:
-                    self.last_error = f"model registry unavailable: {exc}"
+                    self._unavailable(exc)
                 return False
             except Exception as exc:  # registry database down
-                self.last_error = f"model registry unavailable: {type(exc).__name__}: {exc}"
+                self._unavailable(exc)
                 return False
+            self.registry.answered()
             version = int(mv.version)
             if self.current is not None and self.current.version == version:
                 return False
@@ -91,10 +113,10 @@ class ModelHolder:
                 log.error(self.last_error)
                 return False
             except Exception as exc:  # registry or artifact store unreachable: retry next poll
-                self.last_error = (
-                    f"could not load {s.model_name} version {version}: {type(exc).__name__}: {exc}"
-                )
-                log.warning(self.last_error)
+                error = f"could not load {s.model_name} version {version}: {one_line(exc)}"
+                if error != self.last_error:  # once, not at every poll
+                    log.warning(error)
+                self.last_error = error
                 return False
             self.current = loaded
             self.last_error = None

@@ -12,26 +12,58 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import psycopg
+from feast.errors import FeatureServiceNotFoundException, FeatureViewNotFoundException
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from prometheus_client import Counter
 from psycopg import sql
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from streamflow import db
-from streamflow.features import store as feature_store_mod
+from streamflow.features import config as feature_store_mod
 from streamflow.features.definitions import FEATURE_SERVICES, FEATURE_VIEWS, FeatureSpec
 from streamflow.serving.online_cache import OnlineCache, listen
+from streamflow.serving.outages import Dependency, describe_pg, describe_uri, one_line
 from streamflow.settings import Settings
+
+NOT_APPLIED = "feature store not applied: run `streamflow features apply`"
+# Errors of a query on an online table that is not there: a setup step missing, not an outage.
+_NOT_APPLIED_ERRORS = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
+_TIMEOUTS = (TimeoutError, PoolTimeout, psycopg.errors.QueryCanceled)
 
 
 class OnlineStoreUnavailable(RuntimeError):
-    """The online store did not answer within its budget."""
+    """The online store did not answer within its budget, or failed; the message says which store."""
+
+    code = "online_store_unavailable"
+
+
+class FeatureStoreNotApplied(OnlineStoreUnavailable):
+    """The online store answers, but its tables (or Feast objects) are not there."""
+
+    code = "feature_store_not_applied"
+
+    def __init__(self) -> None:
+        super().__init__(NOT_APPLIED)
+
+
+class _PoolWarnings(logging.Filter):
+    """The reader reports the online store's state itself (one line when it goes down, one when it
+    is back); psycopg_pool's own warnings would add one per reconnection attempt."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+_POOL_WARNINGS = _PoolWarnings()
 
 
 @dataclass
@@ -74,16 +106,25 @@ class PostgresOnlineReader:
         self._schema = feature_store_mod.FEAST_SCHEMA
         self._project = config.project
         self._timeout = settings.online_timeout_s
-        self._conninfo = db.target(settings).conninfo()
+        target = db.target(settings)
+        self._conninfo = target.conninfo()
+        self.status = Dependency(f"online store ({describe_pg(target)})")
+        self._tables = [f"{self._project}_{fv.name}" for fv in FEATURE_VIEWS]
+        self._purge: asyncio.Task | None = None
         self.cache = OnlineCache(settings.online_cache_max_users, settings.online_timeout_s + 1.0)
         self._listener: asyncio.Task | None = None
         self._hits, self._misses = hits, misses
         self._pool = AsyncConnectionPool(
             self._conninfo,
+            name="streamflow-online",
             min_size=1,
             max_size=8,
             open=False,
             timeout=settings.online_timeout_s,
+            # Give up reconnecting in the background after one budget (the pool's default, 5 min of
+            # exponential backoff, left it waiting ~16 s after a 20 s outage): requests then open
+            # connections on demand, the first one at once.
+            reconnect_timeout=settings.online_timeout_s,
             kwargs={
                 "autocommit": True,
                 "connect_timeout": max(1, int(settings.online_timeout_s)),
@@ -94,19 +135,69 @@ class PostgresOnlineReader:
         self._queries: dict[tuple[str, bool], bytes] = {}
 
     async def open(self) -> None:
+        logging.getLogger("psycopg.pool").addFilter(_POOL_WARNINGS)
         await self._pool.open(wait=False)
         if self.cache.max_entries > 0:
-            tables = [f"{self._project}_{fv.name}" for fv in FEATURE_VIEWS]
-            self._listener = asyncio.create_task(listen(self.cache, self._conninfo, tables, self._timeout))
+            self._listener = asyncio.create_task(
+                listen(
+                    self.cache,
+                    self._conninfo,
+                    self._tables,
+                    self._timeout,
+                    on_answer=self.status.answered,
+                    on_failure=self._failed,
+                )
+            )
         else:
             self.cache.reason = "disabled (STREAMFLOW_ONLINE_CACHE_MAX_USERS=0)"
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        for task in (self._listener, self._purge):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._pool.close()
+
+    def _failed(self, reason: str, started: float | None = None) -> None:
+        """The store failed: on the change to down, drop the pooled connections that no longer work,
+        so that none of them fails a request once the server is back."""
+        if self.status.failed(reason, started) and (self._purge is None or self._purge.done()):
+            self._purge = asyncio.get_running_loop().create_task(self._check_pool())
+
+    async def _check_pool(self) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self._timeout):
+                await self._pool.check()
+
+    def _error(self, exc: BaseException, started: float) -> OnlineStoreUnavailable:
+        """What a read or ping begun at ``started`` that failed tells the client, in one line; the
+        store's state is updated."""
+        if isinstance(exc, _NOT_APPLIED_ERRORS):
+            self.status.answered()  # the server answered: it is a setup step that is missing
+            return FeatureStoreNotApplied()
+        if isinstance(exc, _TIMEOUTS):
+            reason = f"no answer within {self._timeout:g} s"
+            message = f"{self.status.name} did not answer within {self._timeout:g} s"
+        else:
+            reason = one_line(exc)
+            message = f"{self.status.name} failed: {reason}"
+        self._failed(reason, started)
+        return OnlineStoreUnavailable(message)
+
+    async def _rows(self, query: bytes | str, params: dict | None = None) -> list[tuple]:
+        """One query on a pooled connection, within the online budget (the caller's timeout)."""
+        for attempt in (1, 2):
+            conn = None
+            try:
+                async with self._pool.connection() as conn:
+                    cur = await conn.execute(query, params)
+                    return await cur.fetchall()
+            except psycopg.OperationalError:
+                # A connection the server dropped while it sat in the pool (a restart): once more.
+                if attempt == 2 or conn is None or not conn.broken:
+                    raise
+        raise AssertionError("unreachable")
 
     def _query(self, spec: FeatureSpec, single: bool) -> bytes:
         """The read for one feature service, rendered to bytes once: one user (``=``) or many (``ANY``)."""
@@ -154,12 +245,13 @@ class PostgresOnlineReader:
         keys = {self._key(u): u for u in user_ids}
         single = len(keys) == 1
         params = {"keys": next(iter(keys)) if single else list(keys)}
+        started = time.monotonic()
         try:
-            async with asyncio.timeout(self._timeout), self._pool.connection() as conn:
-                cur = await conn.execute(self._query(spec, single), params)
-                rows = await cur.fetchall()
-        except Exception as exc:  # pool timeout, server gone, statement timeout...
-            raise OnlineStoreUnavailable(f"online store did not answer: {type(exc).__name__}: {exc}") from exc
+            async with asyncio.timeout(self._timeout):
+                rows = await self._rows(self._query(spec, single), params)
+        except Exception as exc:  # pool timeout, server gone, statement timeout, tables missing...
+            raise self._error(exc, started) from None
+        self.status.answered()
         out = {u: UserFeatures(u) for u in user_ids}
         stamps: dict[datetime, datetime] = {}  # one object per distinct time: cached entries stay small
         for key, name, value, ts in rows:
@@ -169,11 +261,18 @@ class PostgresOnlineReader:
         return [out[u] for u in user_ids]
 
     async def ping(self) -> None:
+        """The store answers and holds every online table (else FeatureStoreNotApplied)."""
+        query = "SELECT t FROM unnest(%(tables)s::text[]) AS t WHERE to_regclass(t) IS NULL"
+        tables = [sql.Identifier(self._schema, t).as_string(None) for t in self._tables]
+        started = time.monotonic()
         try:
-            async with asyncio.timeout(self._timeout), self._pool.connection() as conn:
-                await conn.execute("SELECT 1")
+            async with asyncio.timeout(self._timeout):
+                missing = await self._rows(query, {"tables": tables})
         except Exception as exc:
-            raise OnlineStoreUnavailable(f"online store did not answer: {type(exc).__name__}: {exc}") from exc
+            raise self._error(exc, started) from None
+        self.status.answered()
+        if missing:
+            raise FeatureStoreNotApplied()
 
 
 class FeastOnlineReader:
@@ -182,6 +281,7 @@ class FeastOnlineReader:
     def __init__(self, settings: Settings) -> None:
         self._store = feature_store_mod.feature_store(settings)
         self._timeout = settings.online_timeout_s
+        self.status = Dependency(f"online store ({describe_uri(settings.redis_url)})")
         self.cache = OnlineCache(0, 0)
         self.cache.reason = "not used with this online store"
 
@@ -200,8 +300,17 @@ class FeastOnlineReader:
         try:
             async with asyncio.timeout(self._timeout):
                 table = await asyncio.to_thread(fetch)
+        except (FeatureViewNotFoundException, FeatureServiceNotFoundException):
+            raise FeatureStoreNotApplied() from None
+        except TimeoutError:
+            self.status.failed(f"no answer within {self._timeout:g} s")
+            raise OnlineStoreUnavailable(
+                f"{self.status.name} did not answer within {self._timeout:g} s"
+            ) from None
         except Exception as exc:
-            raise OnlineStoreUnavailable(f"online store did not answer: {type(exc).__name__}: {exc}") from exc
+            self.status.failed(one_line(exc))
+            raise OnlineStoreUnavailable(f"{self.status.name} failed: {one_line(exc)}") from None
+        self.status.answered()
         out = []
         for i, u in enumerate(user_ids):
             found = UserFeatures(u)

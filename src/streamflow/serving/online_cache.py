@@ -1,7 +1,7 @@
 """An in-memory copy of online features that is never knowingly older than the online store.
 
 Every write to a PostgreSQL online table sends ``NOTIFY streamflow_online`` when it commits (a
-statement trigger, ``schema/004``, attached by ``features.store``). A listener connection drops the
+statement trigger, ``schema/004``, attached by ``features.online_writer``). A listener connection drops the
 whole copy on each notification. The copy is used only while that channel is known to work:
 
 * it starts empty and is switched on only after ``LISTEN`` succeeded and every online table was
@@ -25,7 +25,8 @@ from collections.abc import Callable
 
 import psycopg
 
-from streamflow.features.store import FEAST_SCHEMA, ONLINE_CHANNEL, ONLINE_TRIGGER
+from streamflow.features.config import FEAST_SCHEMA, ONLINE_CHANNEL, ONLINE_TRIGGER
+from streamflow.serving.outages import one_line
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,16 @@ async def listen(
     tables: list[str],
     timeout_s: float,
     on_invalidate: Callable[[], None] = lambda: None,
+    on_answer: Callable[[], object] = lambda: None,
+    on_failure: Callable[[str], object] = lambda reason: None,
 ) -> None:
-    """Keep ``cache`` coherent with the online tables ``tables`` (in FEAST_SCHEMA) until cancelled."""
+    """Keep ``cache`` coherent with the online tables ``tables`` (in FEAST_SCHEMA) until cancelled.
+
+    ``on_answer``/``on_failure`` hear, every second, whether the server answers (the reader's
+    record of the online store's state, which logs its changes); the cache's own changes are
+    logged at INFO only.
+    """
+    unwatched_before: list[str] = []
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(
@@ -104,12 +113,26 @@ async def listen(
                         (FEAST_SCHEMA, ONLINE_TRIGGER),
                     )
                     unwatched = sorted(set(tables) - {r[0] for r in await cur.fetchall()})
+                    cur = await conn.execute(
+                        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                        " WHERE n.nspname = %s AND c.relname = ANY(%s)",
+                        (FEAST_SCHEMA, unwatched),
+                    )
+                    absent = len(unwatched) - (await cur.fetchone())[0]
+                on_answer()
                 if unwatched:
-                    # Run `streamflow features apply` (or materialize) to attach the trigger.
-                    cache.switch_off(f"online tables without change notifications: {', '.join(unwatched)}")
-                    log.warning("online feature cache off: %s", cache.reason)
+                    # Run `streamflow features apply` (or materialize) to create the tables and triggers.
+                    cache.switch_off(
+                        "feature store not applied: run `streamflow features apply`"
+                        if absent
+                        else f"online tables without change notifications: {', '.join(unwatched)}"
+                    )
+                    if unwatched != unwatched_before:  # once per change, not every retry
+                        log.warning("online feature cache off: %s", cache.reason)
+                        unwatched_before = unwatched
                     await asyncio.sleep(RETRY_S * 10)
                     continue
+                unwatched_before = []
                 cache.switch_on()
                 log.info("online feature cache on")
                 while True:
@@ -119,11 +142,14 @@ async def listen(
                     async with asyncio.timeout(timeout_s):
                         await conn.execute("SELECT 1")
                     cache.confirmed_at = time.monotonic()
+                    on_answer()
         except asyncio.CancelledError:
             cache.switch_off("stopped")
             raise
         except Exception as exc:  # server down, network gone, timeout: off until we listen again
+            reason = f"no answer within {timeout_s:g} s" if isinstance(exc, TimeoutError) else one_line(exc)
             if cache.enabled:
-                log.warning("online feature cache off: %s: %s", type(exc).__name__, exc)
+                log.info("online feature cache off: change notifications lost (%s)", reason)
             cache.switch_off(f"change notifications lost: {type(exc).__name__}")
+            on_failure(reason)
             await asyncio.sleep(RETRY_S)
