@@ -3,6 +3,10 @@
 Flows only orchestrate; the work is in the plain functions they call (which tests call directly).
 Retries are set where a retry is safe (ingestion and materialization are idempotent, a contract
 violation is never retried), and ingestion is cached on the content of the month's files.
+
+Every flow here is deployed by the worker (``orchestration.deployments``): the monthly pipeline on
+its schedule, the others on demand. Defaults (the candidate's model and feature service) are read
+from Settings when a flow runs, never at import.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.context import TaskRunContext
 
-from streamflow.features.definitions import DEFAULT_FEATURE_SERVICE
 from streamflow.settings import get_settings
 
 
@@ -60,18 +63,30 @@ def ingest_task(month_dir: str, as_of: str) -> dict[str, int]:
 
 @task(retries=2, retry_delay_seconds=5)
 def apply_task() -> None:
-    from streamflow.features.store import apply
+    from streamflow.features.apply import apply
 
     apply(get_settings())
 
 
 @task(retries=2, retry_delay_seconds=5)
-def materialize_task(as_of: str) -> int:
-    from streamflow.features.store import materialize
+def materialize_task(as_of: str) -> dict[str, Any]:
+    from streamflow.features.materialize import materialize
 
     result = materialize(get_settings(), date.fromisoformat(as_of))
-    get_run_logger().info("materialized as of %s: %s", as_of, result)
-    return result.rows
+    get_run_logger().info(
+        "materialized the snapshot at %s (asked %s, %s): %d rows",
+        result.snapshot_as_of,
+        as_of,
+        result.plan.reason,
+        result.rows,
+    )
+    return {
+        "as_of": as_of,
+        "snapshot_as_of": result.snapshot_as_of.isoformat(),
+        "reason": result.plan.reason,
+        "rows": result.rows,
+        "users": result.users,
+    }
 
 
 @task
@@ -99,7 +114,13 @@ def promote_task(version: int | None, force: bool = False) -> dict[str, Any]:
 
     decision = promote(get_settings(), version=version, best=version is None, force=force, by="prefect")
     get_run_logger().info("gate: %s", decision.reason)
-    return {"version": decision.version, "promoted": decision.promoted, "reason": decision.reason}
+    return {
+        "version": decision.version,
+        "promoted": decision.promoted,
+        "reason": decision.reason,
+        "online_as_of": None if decision.online_as_of is None else decision.online_as_of.isoformat(),
+        "materialized_for_promotion": decision.materialized,
+    }
 
 
 @flow(name="ingest_month")
@@ -108,7 +129,7 @@ def ingest_month_flow(month_dir: str, as_of: str) -> dict[str, int]:
 
 
 @flow(name="materialize")
-def materialize_flow(as_of: str) -> int:
+def materialize_flow(as_of: str) -> dict[str, Any]:
     apply_task()
     return materialize_task(as_of)
 
@@ -116,12 +137,20 @@ def materialize_flow(as_of: str) -> int:
 @flow(name="train")
 def train_flow(
     as_of: str,
-    model_type: str = "baseline",
+    model_type: str | None = None,
     seed: int | None = None,
-    feature_service: str = DEFAULT_FEATURE_SERVICE,
+    feature_service: str | None = None,
     label_horizon: int = 0,
 ) -> int:
-    return train_task(as_of, model_type, seed, feature_service, label_horizon)
+    """Unset model_type / feature_service: STREAMFLOW_MODEL_TYPE / STREAMFLOW_FEATURE_SERVICE."""
+    settings = get_settings()
+    return train_task(
+        as_of,
+        model_type or settings.model_type,
+        seed,
+        feature_service or settings.feature_service,
+        label_horizon,
+    )
 
 
 @flow(name="promote")
@@ -137,23 +166,36 @@ def last_month_end(today: date) -> date:
 def monthly_pipeline(
     month_dir: str | None = None,
     as_of: str | None = None,
-    model_type: str = "logreg",
-    feature_service: str = "churn_v2",
+    model_type: str | None = None,
+    feature_service: str | None = None,
     seed: int | None = None,
 ) -> dict[str, Any]:
     """A new month: ingest -> materialize -> train a candidate -> gate -> promote (or keep).
 
     Scheduled runs pass nothing: as_of is the last month end and the export is read from
-    ``<inbox>/<as_of>/`` (STREAMFLOW_INBOX_DIR).
+    ``<inbox>/<as_of>/`` (STREAMFLOW_INBOX_DIR); the candidate is STREAMFLOW_CANDIDATE_MODEL_TYPE
+    on STREAMFLOW_CANDIDATE_FEATURE_SERVICE.
     """
+    settings = get_settings()
     as_of = as_of or last_month_end(date.today()).isoformat()
-    month_dir = month_dir or str(get_settings().inbox / as_of)
+    month_dir = month_dir or str(settings.inbox / as_of)
+    model_type = model_type or settings.candidate_model_type
+    feature_service = feature_service or settings.candidate_feature_service
     rows = ingest_task(month_dir, as_of)
     apply_task()
     materialized = materialize_task(as_of)
     version = train_task(as_of, model_type, seed, feature_service, 0)
     decision = promote_task(version)
-    return {"ingested": rows, "materialized": materialized, "candidate": version, **decision}
+    return {
+        "month_dir": month_dir,
+        "as_of": as_of,
+        "model_type": model_type,
+        "feature_service": feature_service,
+        "ingested": rows,
+        "materialized": materialized,
+        "candidate": version,
+        **decision,
+    }
 
 
 # --------------------------------------------------------------------------- monitoring
@@ -219,8 +261,8 @@ def monitor_task(
         date.fromisoformat(reference),
         date.fromisoformat(current),
         threshold,
-        model_type or retrain.MODEL_TYPE,
-        feature_service or retrain.FEATURE_SERVICE,
+        model_type,
+        feature_service,
         target_alpha=target_alpha,
         auc_drop=auc_drop,
     )
@@ -235,10 +277,9 @@ def score_flow(as_of: str) -> dict[str, Any]:
 
 
 @flow(name="drift_report")
-def drift_flow(
-    reference: str, current: str, feature_service: str = DEFAULT_FEATURE_SERVICE
-) -> dict[str, Any]:
-    return drift_task(reference, current, feature_service)
+def drift_flow(reference: str, current: str, feature_service: str | None = None) -> dict[str, Any]:
+    """Unset feature_service: STREAMFLOW_FEATURE_SERVICE."""
+    return drift_task(reference, current, feature_service or get_settings().feature_service)
 
 
 @flow(name="monitor_and_retrain")
@@ -253,6 +294,6 @@ def monitor_and_retrain_flow(
 ) -> dict[str, Any]:
     """Drift report -> (a retraining trigger fires) train a candidate -> gate -> promote or keep.
 
-    Unset thresholds come from settings (drift_threshold, target_drift_alpha, retrain_auc_drop); the
-    candidate is streamflow.monitoring.retrain's MODEL_TYPE on FEATURE_SERVICE unless given."""
+    Unset values come from settings (drift_threshold, target_drift_alpha, retrain_auc_drop,
+    candidate_model_type, candidate_feature_service)."""
     return monitor_task(reference, current, threshold, model_type, feature_service, target_alpha, auc_drop)

@@ -10,8 +10,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streamflow import catalog
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
 class Settings(BaseSettings):
@@ -45,7 +49,28 @@ class Settings(BaseSettings):
     seed: int = 42
 
     prefect_port: int = Field(default=4200, description="Port of the local Prefect server (streamflow up).")
-    mlflow_port: int = Field(default=5000, description="Port of the MLflow UI in the demo.")
+    mlflow_host: str = Field(
+        default="127.0.0.1", description="Bind address of the MLflow UI (streamflow mlflow-ui)."
+    )
+    mlflow_port: int = Field(
+        default=5000, description="Port of the MLflow UI (streamflow mlflow-ui, the demo)."
+    )
+    log_level: LogLevel | None = Field(
+        default=None,
+        description="StreamFlow's and uvicorn's log level (--log-level). Unset: warning for one-shot"
+        " commands, info for the servers (serve, mlflow-ui, worker).",
+    )
+
+    # What gets trained when nobody says: `streamflow train` fits the baseline (the course model);
+    # `monitor`, `pipeline` and the monthly schedule train the candidate. The demo trains both.
+    model_type: str = Field(default="baseline", description="Model `streamflow train` fits unless told.")
+    feature_service: str = Field(
+        default="churn_v1", description="FeatureService `train` and `drift` use unless told."
+    )
+    candidate_model_type: str = Field(default="logreg", description="Model `monitor`/`pipeline` retrain.")
+    candidate_feature_service: str = Field(
+        default="churn_v2", description="FeatureService of the model `monitor`/`pipeline` retrain."
+    )
     inbox_dir: Path | None = Field(
         default=None, description="Where scheduled monthly runs find <as_of>/ folders (<state_dir>/inbox)."
     )
@@ -98,6 +123,91 @@ class Settings(BaseSettings):
         description="Retrain when production's hold-out ROC-AUC on the current month's labels is more than"
         " this below its recorded training hold-out ROC-AUC.",
     )
+
+    # The API's HTTP server (serving/server.py, serving/protocol.py).
+    api_request_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest a client may take to send one request, from its first byte to its last"
+        " (line, headers, body); then 408 and the connection is closed. The app's own work is not timed.",
+    )
+    api_max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest request body the API reads; beyond, 413."
+    )
+    api_max_header_bytes: int = Field(
+        default=65_536, ge=1024, description="Largest request line + headers; beyond, 431."
+    )
+    # Training and batch scoring at scale.
+    holdout_fraction: float = Field(
+        default=0.25,
+        gt=0,
+        lt=1,
+        description="Share of users held out of training (stable hash of user_id), scored once,"
+        " never tuned on.",
+    )
+    cv_sample_rows: int = Field(
+        default=20_000,
+        ge=100,
+        description="Most training rows that cross-validation (hyperparameter search and F1 threshold)"
+        " runs on: a stratified sample drawn with the seed; the final model is fitted on every training row.",
+    )
+    cv_folds: int = Field(default=5, ge=2, description="Folds of that cross-validation.")
+    score_chunk_rows: int = Field(
+        default=50_000, ge=1, description="Users `streamflow score` predicts and COPYs per chunk."
+    )
+    # MLflow artifacts: a folder (the default, <state_dir>/mlartifacts) or an S3-compatible store.
+    artifacts_uri: str | None = Field(
+        default=None,
+        description="Artifact root of new MLflow experiments: a folder, file:///path or s3://bucket/prefix"
+        " (S3 through MLflow's usual MLFLOW_S3_ENDPOINT_URL and AWS_* credentials). Unset:"
+        " <state_dir>/mlartifacts.",
+    )
+    artifacts_timeout_s: float = Field(
+        default=5.0, gt=0, description="Budget of the S3 artifact store's start-up check (connect and read)."
+    )
+
+    @field_validator("artifacts_uri")
+    @classmethod
+    def _artifacts_uri_scheme(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in ("", "file", "s3"):
+            raise ValueError(f"artifacts_uri must be a folder, file:// or s3:// URI, not {value!r}")
+        if scheme == "s3" and not value[len("s3://") :].split("/", 1)[0]:
+            raise ValueError(f"artifacts_uri {value!r} names no bucket (s3://bucket/prefix)")
+        return value.rstrip("/") if scheme == "s3" else value
+
+    @property
+    def artifacts_root(self) -> str:
+        """The artifact root as a URI MLflow accepts (a folder becomes an absolute file:// URI)."""
+        value = self.artifacts_uri
+        if value is None:
+            return self.artifacts_dir.as_uri()
+        if "://" in value:
+            return value
+        return Path(value).expanduser().resolve().as_uri()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("model_type", "candidate_model_type")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in catalog.MODEL_TYPES:
+            raise ValueError(f"unknown model type {value!r}; known: {', '.join(catalog.MODEL_TYPES)}")
+        return value
+
+    @field_validator("feature_service", "candidate_feature_service")
+    @classmethod
+    def _known_service(cls, value: str) -> str:
+        if value not in catalog.FEATURE_SERVICES:
+            raise ValueError(
+                f"unknown feature service {value!r}; known: {', '.join(catalog.FEATURE_SERVICES)}"
+            )
+        return value
 
     @property
     def pg_dir(self) -> Path:
