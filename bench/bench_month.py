@@ -2,8 +2,9 @@
 
 Run: .venv/bin/python bench/bench_month.py [--users 100000 1000000] [--no-real] [--feast-max-users 100000]
 
-For each data set (the real months when ../shared/data/seeds exists, then generated months of each
---users size) two months go through what a user runs, each stage as its own `streamflow` process:
+For each data set (the real months when $STREAMFLOW_SEEDS_DIR, by default ../shared/data/seeds, exists,
+then generated months of each --users size) two months go through what a user runs, each stage as
+its own `streamflow` process:
 
     generate -> ingest -> materialize -> train (the pipeline's candidate) -> promote (gate) -> score
 
@@ -46,7 +47,9 @@ from streamflow.data.contracts import CONTRACTS
 from streamflow.data.revisions import SNAPSHOT_TABLES
 from streamflow.settings import Settings
 
-SEEDS = Path(__file__).resolve().parents[2] / "shared/data/seeds"
+SEEDS = Path(
+    os.environ.get("STREAMFLOW_SEEDS_DIR", Path(__file__).resolve().parents[2] / "shared/data/seeds")
+)
 MONTHS = (date(2024, 1, 31), date(2024, 2, 29))
 CLI = [sys.executable, "-m", "streamflow.cli"]
 
