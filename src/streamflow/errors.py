@@ -6,8 +6,9 @@ not exist, a step was skipped (no data yet, the feature store not applied), a po
 its ``exit_code`` (2 unless said otherwise); never a traceback.
 
 Errors raised by modules that predate this class (``ContractError``, ``NoSnapshotError``,
-``NoProductionModel``, ``DatabaseUnavailable``, Feast's "not found" errors) are adapted by
-:func:`as_user_error` from their class names, so reporting one never imports its (heavy) module.
+``NoProductionModel``, ``DatabaseUnavailable``, ``ArtifactStoreError``, Feast's "not found" errors)
+are adapted by :func:`as_user_error` from their class names, so reporting one never imports its
+(heavy) module.
 
 Exit codes: 0 done; 1 an unexpected failure (a bug: one line, the traceback with ``--log-level
 debug``); 2 a StreamFlow error; 3 the database is not reachable (or stopped, for ``db status``);
@@ -69,6 +70,8 @@ def as_user_error(exc: BaseException) -> StreamflowError | None:
         if _named(exc, "NoProductionModel"):
             return NotReady(message, "promote a version first (streamflow promote), or pass --version")
         return NotReady(message)
+    if _named(exc, "ArtifactStoreError"):  # the bucket named by STREAMFLOW_ARTIFACTS_URI
+        return NotReady(_one_line(exc), "check STREAMFLOW_ARTIFACTS_URI and the store's credentials")
     if _named(exc, "DatabaseUnavailable"):
         return DatabaseError(_one_line(exc), "is the server up? `streamflow db status` says")
     if _named(exc, "ValidationError", package="pydantic_core") and getattr(exc, "title", "") == "Settings":

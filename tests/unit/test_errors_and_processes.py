@@ -31,6 +31,10 @@ def test_product_errors_are_recognised_by_name_wherever_they_live() -> None:
     assert str(contract).endswith("\nnothing was written") and contract.exit_code == errors.EXIT_USER
     feast = errors.as_user_error(_error("FeatureServiceNotFoundException", "feast.errors")("churn_v1"))
     assert str(feast).endswith("run `streamflow features apply`")
+    bucket = _error("ArtifactStoreError", "streamflow.training.tracking", RuntimeError)
+    store = errors.as_user_error(bucket("s3://models: bucket does not exist"))
+    assert store is not None and store.exit_code == errors.EXIT_USER
+    assert str(store).startswith("s3://models: bucket does not exist: check STREAMFLOW_ARTIFACTS_URI")
     # The same names elsewhere, and anything else, are bugs: no disguise as a user error.
     assert errors.as_user_error(_error("NoSnapshotError", "somewhere.else")("x")) is None
     assert errors.as_user_error(KeyError("x")) is None
