@@ -42,9 +42,9 @@ from pathlib import Path
 
 from psycopg import sql
 
+from bench_ingest import raw_copy_seconds
 from streamflow import db
 from streamflow.data.contracts import CONTRACTS
-from streamflow.data.revisions import SNAPSHOT_TABLES
 from streamflow.settings import Settings
 
 SEEDS = Path(
@@ -86,36 +86,6 @@ def run(argv: Sequence[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) ->
         if proc.returncode not in ok:
             raise RuntimeError(f"{' '.join(argv[3:])} failed ({proc.returncode}):\n{err.read()[-3000:]}")
         return seconds, usage.ru_maxrss / 1024, out.read()
-
-
-def raw_copy_seconds(settings: Settings, month: Path) -> float:
-    """COPY the six files as they are into fresh tables of the snapshot tables' column types, one
-    transaction, dropped afterwards: the baseline the ingest ratio is measured against."""
-    with db.connect(db.target(settings), settings) as conn:
-        started = time.perf_counter()
-        with conn.transaction():
-            for contract in CONTRACTS:
-                table = sql.Identifier(f"bench_copy_{contract.table}")
-                parent = sql.Identifier(SNAPSHOT_TABLES[contract.table])
-                conn.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(table, parent))
-                conn.execute(
-                    sql.SQL(
-                        "ALTER TABLE {} ALTER as_of DROP NOT NULL, ALTER as_of_ts DROP NOT NULL,"
-                        " ALTER revision DROP NOT NULL"
-                    ).format(table)
-                )
-                cols = sql.SQL(", ").join(map(sql.Identifier, contract.names))
-                statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, HEADER true)").format(
-                    table, cols
-                )
-                with conn.cursor().copy(statement) as copy, open(month / contract.filename, "rb") as f:
-                    while block := f.read(1 << 20):
-                        copy.write(block)
-        seconds = time.perf_counter() - started
-        with conn.transaction():
-            for contract in CONTRACTS:
-                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(f"bench_copy_{contract.table}")))
-    return seconds
 
 
 def file_rows(path: Path) -> int:
