@@ -10,7 +10,8 @@ its own `streamflow` process:
 
 January first (empty online store, no production model), then February (an update; the gate compares
 February's candidate with January's production model). Per stage it prints seconds, rows/s, the
-process's peak RSS (os.wait4) and the database size after it. Side by side in the same run:
+peak RSS of the process and its children (sampled) and the database size after it. Side by side in
+the same run:
 
 - ingest / COPY: a bare COPY of the same six files into fresh, unconstrained tables of the same
   column types in one transaction (the fastest durable load PostgreSQL offers), right after each
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import psutil
 from psycopg import sql
 
 from bench_ingest import raw_copy_seconds
@@ -69,23 +71,42 @@ class Stage:
         return self.rows / self.seconds if self.seconds else 0.0
 
 
+def _peak_rss_mb(proc: subprocess.Popen, every: float = 0.05) -> float:
+    """The largest RSS of ``proc`` and its children together, sampled until it exits.
+
+    Sampled rather than taken from wait4: a child's ru_maxrss starts at the forking parent's high-water
+    mark, so a big parent (this process, after Feast's writer ran) would show in every stage.
+    """
+    peak = 0
+    with contextlib.suppress(psutil.NoSuchProcess):
+        top = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            rss = 0
+            for p in [top, *top.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    rss += p.memory_info().rss
+            peak = max(peak, rss)
+            time.sleep(every)
+    return peak / 2**20
+
+
 def run(argv: Sequence[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> tuple[float, float, str]:
     """(seconds, peak RSS in MB, stdout) of one command; raises with its stderr on an exit code not in ``ok``.
 
-    The RSS is wait4's ru_maxrss: the largest of the process and the children it reaped (training's
-    worker processes); the PostgreSQL server's memory is not in it.
+    The RSS counts the process and its children (training's worker processes); the PostgreSQL
+    server's memory is not in it.
     """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
+        rss = _peak_rss_mb(proc)
+        proc.wait()
         seconds = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         if proc.returncode not in ok:
             raise RuntimeError(f"{' '.join(argv[3:])} failed ({proc.returncode}):\n{err.read()[-3000:]}")
-        return seconds, usage.ru_maxrss / 1024, out.read()
+        return seconds, rss, out.read()
 
 
 def file_rows(path: Path) -> int:

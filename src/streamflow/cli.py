@@ -919,8 +919,10 @@ def pipeline(
 
     if server_identity(settings)[0] == "ours":
         use_server(settings)
-    else:  # Prefect runs the flow on a temporary server of its own: without telemetry
+    else:  # Prefect runs the flow on a temporary server of its own: without telemetry, and with
+        # time to start on a busy machine (Prefect's 20 s default was seen to run out under load).
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from streamflow.flows import monthly_pipeline
 
     logs.quiet_prefect_console()
