@@ -45,6 +45,10 @@ class ProcessConflict(StreamflowError):
     """A port or pid file points at a process this state folder did not start."""
 
 
+class PruneRefused(StreamflowError):
+    """``data prune`` will not drop this revision: it is the one served, or versions depend on it."""
+
+
 class DatabaseError(StreamflowError):
     exit_code = EXIT_DATABASE
 
@@ -69,6 +73,8 @@ def as_user_error(exc: BaseException) -> StreamflowError | None:
         if _named(exc, "NoProductionModel"):
             return NotReady(message, "promote a version first (streamflow promote), or pass --version")
         return NotReady(message)
+    if _named(exc, "RevisionNotFound"):  # a pin (--revision, a version's revisions) that cannot be read
+        return UsageError(_one_line(exc), "`streamflow data revisions` lists them")
     if _named(exc, "DatabaseUnavailable"):
         return DatabaseError(_one_line(exc), "is the server up? `streamflow db status` says")
     if _named(exc, "ValidationError", package="pydantic_core") and getattr(exc, "title", "") == "Settings":
