@@ -148,6 +148,11 @@ def test_cli_lists_trains_on_and_prunes_revisions(two_revisions, tmp_path: Path)
     )
     assert (scored["revision"], scored["rows"]) == (1, GENERATED_USERS)
 
+    drifted = _json(
+        streamflow("drift", "--reference", "2024-02-29", "--current", jan, "--revision", "1", "--json")
+    )
+    assert (drifted["current"], drifted["current_revision"]) == (jan, 1)
+
     for args in (
         ("train", "--as-of", jan),
         ("score", "--as-of", jan),

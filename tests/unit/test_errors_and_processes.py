@@ -31,6 +31,11 @@ def test_product_errors_are_recognised_by_name_wherever_they_live() -> None:
     assert str(contract).endswith("\nnothing was written") and contract.exit_code == errors.EXIT_USER
     feast = errors.as_user_error(_error("FeatureServiceNotFoundException", "feast.errors")("churn_v1"))
     assert str(feast).endswith("run `streamflow features apply`")
+    pruned = errors.as_user_error(
+        _error("RevisionNotFound", "streamflow.data.revisions")("revision 1 of 2024-01-31 was pruned")
+    )
+    assert pruned is not None and pruned.exit_code == errors.EXIT_USER
+    assert str(pruned).startswith("revision 1 of 2024-01-31 was pruned: ")
     # The same names elsewhere, and anything else, are bugs: no disguise as a user error.
     assert errors.as_user_error(_error("NoSnapshotError", "somewhere.else")("x")) is None
     assert errors.as_user_error(KeyError("x")) is None

@@ -357,6 +357,8 @@ def drift_report(
                 "target_method": TARGET_METHOD,
                 "target_alpha": settings.target_drift_alpha,
                 "production_version": model.version if model else "none",
+                # months read at another revision than the one they serve ({} : none)
+                "revisions": json.dumps({d.isoformat(): r for d, r in sorted(pins.items())}),
             }
         )
         values = {"drift_share": share, "drifted_features": float(len(drifted))}
