@@ -113,7 +113,9 @@ def _last(conn: psycopg.Connection, project: str, online_store: str) -> Material
     if not conn.execute("SELECT to_regclass('materializations') IS NOT NULL").fetchone()[0]:
         return None
     row = conn.execute(
-        f"SELECT {_COLUMNS}, pins FROM materializations WHERE project = %s AND online_store = %s"
+        # pins through to_jsonb: a database not yet migrated to 007 (an API reading it) has no column
+        f"SELECT {_COLUMNS}, to_jsonb(m) -> 'pins' FROM materializations m"
+        " WHERE project = %s AND online_store = %s"
         " ORDER BY id DESC LIMIT 1",
         (project, online_store),
     ).fetchone()
