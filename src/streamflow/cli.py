@@ -109,6 +109,15 @@ app.add_typer(features_app, name="features")
 
 AsOf = Annotated[str, typer.Option("--as-of", help="Snapshot date YYYY-MM-DD.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")]
+RevisionOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--revision",
+        min=1,
+        help="Read the --as-of month at this revision (default: the one it serves;"
+        " `streamflow data revisions` lists them).",
+    ),
+]
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -345,6 +354,101 @@ def data_generate(
         console.print(f"{escape(str(folder))}  as_of {as_of}")
 
 
+@data_app.command("revisions")
+def data_revisions(
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Only this month (YYYY-MM-DD).")] = None,
+    as_json: Json = False,
+) -> None:
+    """List every revision of every month (or of AS_OF): ingested when, rows, state, and the
+    registered model versions trained on it (their streamflow.revisions tag)."""
+    day = parse_date(as_of) if as_of is not None else None
+    settings = get_settings()
+    with preflight.checks(settings) as check:
+        if day is not None:
+            check.snapshot(day)
+        else:
+            check.data()
+    from streamflow.data.pruning import list_revisions
+
+    rows = list_revisions(settings, day)
+    if as_json:
+        emit_json(
+            {
+                "model": settings.model_name,
+                "revisions": [
+                    {
+                        "as_of": r.as_of,
+                        "revision": r.revision,
+                        "ingested_at": r.ingested_at,
+                        "rows": r.rows,
+                        "state": r.state,
+                        "pruned_at": r.pruned_at,
+                        "versions": list(r.versions),
+                    }
+                    for r in rows
+                ],
+            }
+        )
+        return
+    from rich.table import Table
+
+    table = Table("as_of", "revision", "ingested at", "rows", "state", f"{settings.model_name} versions")
+    for r in rows:
+        state = f"pruned {r.pruned_at:%Y-%m-%d %H:%M}" if r.pruned_at else r.state
+        table.add_row(
+            r.as_of.isoformat(),
+            str(r.revision),
+            f"{r.ingested_at:%Y-%m-%d %H:%M:%S %Z}",
+            f"{r.rows:,}",
+            state,
+            ", ".join(f"v{v}" for v in r.versions),
+        )
+    console.print(table)
+
+
+@data_app.command("prune")
+def data_prune(
+    as_of: AsOf,
+    revision: Annotated[int, typer.Option("--revision", min=1, help="The earlier revision to prune.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Prune even if registered model versions were trained on it.")
+    ] = False,
+    as_json: Json = False,
+) -> None:
+    """Drop an earlier revision's tables (the record of it stays, marked pruned), in one transaction.
+
+    Never the current (served) revision; not one a registered version depends on, unless --force."""
+    day = parse_date(as_of)
+    settings = get_settings()
+    with preflight.checks(settings) as check:
+        check.data()
+    from streamflow.data.pruning import prune
+
+    r = prune(settings, day, revision, force=force)
+    if as_json:
+        emit_json(
+            {
+                "as_of": r.as_of,
+                "revision": r.revision,
+                "status": r.status,
+                "pruned_at": r.pruned_at,
+                "tables": list(r.tables),
+                "versions": list(r.versions),
+            }
+        )
+        return
+    if r.status == "already_pruned":
+        when = f"{r.pruned_at:%Y-%m-%d %H:%M:%S %Z}"
+        console.print(f"revision {r.revision} of {r.as_of} was already pruned (at {when}): nothing to do")
+        return
+    forced = (
+        f"; versions {', '.join(f'v{v}' for v in r.versions)} trained on it can no longer be reproduced"
+        if r.versions
+        else ""
+    )
+    console.print(f"pruned revision {r.revision} of {r.as_of}: dropped {len(r.tables)} tables{forced}")
+
+
 # --------------------------------------------------------------------------- features
 
 
@@ -376,16 +480,16 @@ def features_apply(as_json: Json = False) -> None:
 
 
 @features_app.command("materialize")
-def features_materialize(as_of: AsOf, as_json: Json = False) -> None:
-    """Load the latest snapshot at or before AS_OF into the online store."""
+def features_materialize(as_of: AsOf, revision: RevisionOpt = None, as_json: Json = False) -> None:
+    """Load the latest snapshot at or before AS_OF into the online store (at REVISION if given)."""
     day = parse_date(as_of)
     settings = get_settings()
     with preflight.checks(settings) as check:
-        check.snapshot(day, at_or_before=True)
+        pins = check.revision(check.snapshot(day, at_or_before=True), revision)
         check.applied()
     from streamflow.features.materialize import materialize
 
-    r = materialize(settings, day)
+    r = materialize(settings, day, pins=pins)
     if as_json:
         emit_json(materialize_summary(r))
         return
@@ -394,8 +498,9 @@ def features_materialize(as_of: AsOf, as_json: Json = False) -> None:
             f"online store already serves the snapshot at {r.snapshot_as_of} (asked {day}): nothing to write"
         )
     else:
+        at = f" revision {revision}" if revision is not None else ""
         console.print(
-            f"materialized the snapshot at {r.snapshot_as_of} (asked {day}, {r.plan.reason} load):"
+            f"materialized the snapshot at {r.snapshot_as_of}{at} (asked {day}, {r.plan.reason} load):"
             f" {r.rows:,} rows for {r.users:,} users in {r.seconds:.1f} s"
         )
 
@@ -404,6 +509,7 @@ def materialize_summary(r: Any) -> dict[str, Any]:
     return {
         "as_of": r.as_of,
         "snapshot_as_of": r.snapshot_as_of,
+        "revision": r.plan.pins.get(r.snapshot_as_of),  # null: the revision the month serves
         "reason": r.plan.reason,
         "skipped": r.skipped,
         "rows": r.rows,
@@ -432,9 +538,12 @@ def train(
         ),
     ] = None,
     label_horizon: Annotated[int, typer.Option(min=0, help="Predict churn K months after AS_OF.")] = 0,
+    revision: RevisionOpt = None,
     as_json: Json = False,
 ) -> None:
-    """Train at AS_OF, log the run to MLflow and register a new model version."""
+    """Train at AS_OF, log the run to MLflow and register a new model version.
+
+    The version records the revision of every month it read (tag streamflow.revisions)."""
     day = parse_date(as_of)
     settings = get_settings()
     model = check_model(model or settings.model_type)
@@ -444,10 +553,11 @@ def train(
             check.labelled(day)
         else:
             check.snapshot(day)  # the later month's labels are checked by the training set itself
+        pins = check.revision(day, revision)
         check.applied(service)
     from streamflow.training.train import train_model
 
-    r = train_model(day, model, seed, service, label_horizon, settings)
+    r = train_model(day, model, seed, service, label_horizon, settings, pins=pins)
     if as_json:
         emit_json(
             {
@@ -460,6 +570,7 @@ def train(
                 "threshold": r.threshold,
                 "metrics": r.metrics,
                 "fingerprint": r.fingerprint,
+                "revisions": {d.isoformat(): n for d, n in sorted(r.revisions.items())},
             }
         )
         return
@@ -468,6 +579,9 @@ def train(
         f"registered version {r.version} ({r.model_type} on {r.feature_service}),"
         f" threshold {r.threshold:.3f}: {metrics}"
     )
+    if pins:
+        read = ", ".join(f"{d} r{n}" for d, n in sorted(r.revisions.items()))
+        console.print(f"trained on revisions {read}")
 
 
 def decision_summary(d: Any) -> dict[str, Any]:
@@ -643,23 +757,28 @@ def score(
     version: Annotated[
         int | None, typer.Option(help="Model version to score with (default: production).")
     ] = None,
+    revision: RevisionOpt = None,
     as_json: Json = False,
 ) -> None:
-    """Score every user of the snapshot at AS_OF with the production model (or VERSION) into `predictions`."""
+    """Score every user of the snapshot at AS_OF with the production model (or VERSION) into `predictions`.
+
+    With REVISION the month's features are read at that revision; its scores replace (AS_OF, VERSION)'s."""
     day = parse_date(as_of)
     settings = get_settings()
     with preflight.checks(settings) as check:
         check.snapshot(day)
+        pins = check.revision(day, revision)
         check.applied()
     from streamflow.monitoring.scoring import score_snapshot
 
     if version is not None:
         _check_version(settings, version)
-    r = score_snapshot(settings, day, version)
+    r = score_snapshot(settings, day, version, pins=pins)
     if as_json:
         emit_json(
             {
                 "as_of": r.as_of,
+                "revision": revision,  # null: the revision the month serves
                 "model_name": r.model_name,
                 "model_version": r.model_version,
                 "feature_service": r.feature_service,
@@ -672,8 +791,9 @@ def score(
             }
         )
         return
+    at = f" (revision {revision})" if revision is not None else ""
     console.print(
-        f"scored {r.rows:,} users as of {r.as_of} with {r.model_name} v{r.model_version}: "
+        f"scored {r.rows:,} users as of {r.as_of}{at} with {r.model_name} v{r.model_version}: "
         f"{r.predicted_churners:,} predicted churners, mean probability {r.mean_probability:.3f}"
     )
 
@@ -698,6 +818,14 @@ def drift(
         str | None,
         typer.Option(help="FeatureService whose features are compared (default STREAMFLOW_FEATURE_SERVICE)."),
     ] = None,
+    revision: Annotated[
+        int | None,
+        typer.Option(
+            "--revision",
+            min=1,
+            help="Read the --current month at this revision (default: the one it serves).",
+        ),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Evidently drift report between two snapshots (HTML + JSON, logged to MLflow)."""
@@ -707,12 +835,13 @@ def drift(
     with preflight.checks(settings) as check:
         check.snapshot(ref)
         check.snapshot(cur)
+        pins = check.revision(cur, revision)
         check.applied(service)
     from streamflow.monitoring.drift import drift_report
 
-    r = drift_report(settings, ref, cur, service)
+    r = drift_report(settings, ref, cur, service, pins=pins)
     if as_json:
-        emit_json(drift_summary(r))
+        emit_json(drift_summary(r, revision))
         return
     console.print(
         f"drift share {r.drift_share:.3f} ({len(r.drifted_features)} of {len(r.features)} features): "
@@ -732,10 +861,11 @@ def drift(
     console.print(f"report: {escape(str(r.html_path))}")
 
 
-def drift_summary(r: Any) -> dict[str, Any]:
+def drift_summary(r: Any, revision: int | None = None) -> dict[str, Any]:
     return {
         "reference": r.reference,
         "current": r.current,
+        "current_revision": revision,  # null: the revision the month serves
         "feature_service": r.feature_service,
         "drift_share": _round(r.drift_share),
         "drifted_features": list(r.drifted_features),

@@ -46,6 +46,10 @@ class ProcessConflict(StreamflowError):
     """A port or pid file points at a process this state folder did not start."""
 
 
+class PruneRefused(StreamflowError):
+    """``data prune`` will not drop this revision: it is the one served, or versions depend on it."""
+
+
 class DatabaseError(StreamflowError):
     exit_code = EXIT_DATABASE
 
@@ -72,6 +76,8 @@ def as_user_error(exc: BaseException) -> StreamflowError | None:
         return NotReady(message)
     if _named(exc, "ArtifactStoreError"):  # the bucket named by STREAMFLOW_ARTIFACTS_URI
         return NotReady(_one_line(exc), "check STREAMFLOW_ARTIFACTS_URI and the store's credentials")
+    if _named(exc, "RevisionNotFound"):  # a pin (--revision, a version's revisions) that cannot be read
+        return UsageError(_one_line(exc), "`streamflow data revisions` lists them")
     if _named(exc, "DatabaseUnavailable"):
         return DatabaseError(_one_line(exc), "is the server up? `streamflow db status` says")
     if _named(exc, "ValidationError", package="pydantic_core") and getattr(exc, "title", "") == "Settings":

@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 
 from streamflow import catalog, db
-from streamflow.errors import NotReady
+from streamflow.errors import NotReady, UsageError
 from streamflow.settings import Settings
 
 INGEST_HINT = "ingest a month first: streamflow ingest DIR --as-of YYYY-MM-DD"
@@ -84,6 +84,19 @@ class Checks:
         found = self.labels()
         if as_of not in found:
             raise NotReady(f"no labels at {as_of.isoformat()}", f"labels available: {_dates(found)}")
+
+    def revision(self, as_of: date, revision: int | None) -> dict[date, int]:
+        """The pins of ``--revision`` for the month ``as_of`` ({} without one): the revision exists
+        and was not pruned."""
+        from streamflow.data import revisions
+
+        if revision is None:
+            return {}
+        try:
+            revisions.read_at(self.conn, [as_of], {as_of: revision})
+        except revisions.RevisionNotFound as exc:
+            raise UsageError(f"--revision: {exc}", "`streamflow data revisions` lists them") from None
+        return {as_of: revision}
 
     def applied(self, *services: str) -> None:
         """The feature store was applied, with these feature services."""

@@ -93,6 +93,7 @@ def test_json_results_have_stable_keys(stack: Stack) -> None:
     assert set(out) == {
         "as_of",
         "snapshot_as_of",
+        "revision",
         "reason",
         "skipped",
         "rows",
@@ -114,6 +115,7 @@ def test_json_results_have_stable_keys(stack: Stack) -> None:
         "threshold",
         "metrics",
         "fingerprint",
+        "revisions",
     }
     assert (out["model_type"], out["feature_service"]) == ("logreg", "churn_v1")
     assert out["metrics"]["roc_auc"] > 0
@@ -151,6 +153,7 @@ def test_json_results_have_stable_keys(stack: Stack) -> None:
     out = one_json_object(s.run("score", "--as-of", FEB.isoformat(), "--json"))
     assert set(out) == {
         "as_of",
+        "revision",
         "model_name",
         "model_version",
         "feature_service",
@@ -169,6 +172,7 @@ def test_json_results_have_stable_keys(stack: Stack) -> None:
     assert set(out) == {
         "reference",
         "current",
+        "current_revision",
         "feature_service",
         "drift_share",
         "drifted_features",

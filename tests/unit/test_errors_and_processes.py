@@ -35,6 +35,11 @@ def test_product_errors_are_recognised_by_name_wherever_they_live() -> None:
     store = errors.as_user_error(bucket("s3://models: bucket does not exist"))
     assert store is not None and store.exit_code == errors.EXIT_USER
     assert str(store).startswith("s3://models: bucket does not exist: check STREAMFLOW_ARTIFACTS_URI")
+    pruned = errors.as_user_error(
+        _error("RevisionNotFound", "streamflow.data.revisions")("revision 1 of 2024-01-31 was pruned")
+    )
+    assert pruned is not None and pruned.exit_code == errors.EXIT_USER
+    assert str(pruned).startswith("revision 1 of 2024-01-31 was pruned: ")
     # The same names elsewhere, and anything else, are bugs: no disguise as a user error.
     assert errors.as_user_error(_error("NoSnapshotError", "somewhere.else")("x")) is None
     assert errors.as_user_error(KeyError("x")) is None

@@ -49,7 +49,12 @@ class Revision:
 
     @property
     def state(self) -> str:
-        return "pruned" if self.pruned_at else "current" if self.current else "superseded"
+        return "pruned" if self.pruned_at else "current" if self.current else "earlier"
+
+    @property
+    def rows(self) -> int:
+        """Rows of the month's users file (one per user of the snapshot)."""
+        return int(self.row_counts.get(USERS.table, 0))
 
 
 def as_of_ts(as_of: date) -> datetime:

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from datetime import date
 
-from feast import FeatureStore
+from feast import FeatureStore, FeatureView
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
 from feast.infra.offline_stores.offline_store import RetrievalJob
 
@@ -38,6 +38,19 @@ def relation(table: str, pins: Mapping[date, int]) -> str:
     return f"(SELECT * FROM {table} WHERE as_of_ts NOT IN ({others}) UNION ALL {pinned})"
 
 
+def pinned_view(view: FeatureView, pins: Mapping[date, int]) -> FeatureView:
+    """``view`` (a copy the caller owns) reading its pinned months at their pinned revisions."""
+    if pins:
+        source = view.batch_source
+        view.batch_source = PostgreSQLSource(
+            name=source.name,
+            query=f"SELECT * FROM {relation(source.get_table_query_string(), pins)} pinned",
+            timestamp_field=source.timestamp_field,
+            created_timestamp_column=source.created_timestamp_column,
+        )
+    return view
+
+
 def historical_job(
     store: FeatureStore, entity_sql: str, service: str, pins: Mapping[date, int] | None = None
 ) -> RetrievalJob:
@@ -48,15 +61,7 @@ def historical_job(
     views, refs = [], []
     for projection in feature_service.feature_view_projections:
         view = store.get_feature_view(projection.name).with_projection(projection)  # a copy
-        if pins:
-            source = view.batch_source
-            view.batch_source = PostgreSQLSource(
-                name=source.name,
-                query=f"SELECT * FROM {relation(source.get_table_query_string(), pins)} pinned",
-                timestamp_field=source.timestamp_field,
-                created_timestamp_column=source.created_timestamp_column,
-            )
-        views.append(view)
+        views.append(pinned_view(view, pins))
         refs += [f"{projection.name_to_use()}:{f.name}" for f in projection.features]
     return StreamflowPostgreSQLOfflineStore.get_historical_features(
         config=store.config,

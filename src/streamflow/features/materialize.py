@@ -8,11 +8,13 @@ log. Any other online store (Redis) is written by Feast's own ``materialize``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
+import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 
@@ -25,8 +27,10 @@ from rich.progress import Progress, ProgressColumn, SpinnerColumn, Task, TextCol
 from rich.text import Text
 
 from streamflow import db
+from streamflow.errors import UsageError
 from streamflow.features.config import PROJECT, feature_store, online_store_id
 from streamflow.features.definitions import FEATURE_VIEWS
+from streamflow.features.historical import pinned_view
 from streamflow.features.offline_store import pull_latest
 from streamflow.features.online_rows import OnlineRows
 from streamflow.features.online_writer import build, bulk_supported, online_schema, online_tables, swap
@@ -49,6 +53,7 @@ class MaterializationPlan:
     # force | first | rollback | reingested (full window) | incremental | current (nothing to do)
     reason: str
     ingestion_id: int  # newest ingestion_log id visible when planned
+    pins: dict[date, int] = field(default_factory=dict)  # months read at another revision than served
 
     @property
     def skipped(self) -> bool:
@@ -91,6 +96,7 @@ class Materialization:
     ingestion_id: int
     started_at: datetime
     finished_at: datetime
+    pins: dict[date, int] = field(default_factory=dict)  # the months it loaded at a pinned revision
 
 
 def _midnight_utc(d: date) -> datetime:
@@ -107,11 +113,16 @@ def _last(conn: psycopg.Connection, project: str, online_store: str) -> Material
     if not conn.execute("SELECT to_regclass('materializations') IS NOT NULL").fetchone()[0]:
         return None
     row = conn.execute(
-        f"SELECT {_COLUMNS} FROM materializations WHERE project = %s AND online_store = %s"
+        # pins through to_jsonb: a database not yet migrated to 007 (an API reading it) has no column
+        f"SELECT {_COLUMNS}, to_jsonb(m) -> 'pins' FROM materializations m"
+        " WHERE project = %s AND online_store = %s"
         " ORDER BY id DESC LIMIT 1",
         (project, online_store),
     ).fetchone()
-    return Materialization(*row) if row else None
+    if row is None:
+        return None
+    *columns, pins = row
+    return Materialization(*columns, {date.fromisoformat(d): int(r) for d, r in (pins or {}).items()})
 
 
 def last_materialization(
@@ -126,7 +137,12 @@ def last_materialization(
 
 
 def _plan(
-    conn: psycopg.Connection, settings: Settings, as_of: date, project: str, force: bool
+    conn: psycopg.Connection,
+    settings: Settings,
+    as_of: date,
+    project: str,
+    force: bool,
+    pins: Mapping[date, int] | None = None,
 ) -> MaterializationPlan:
     available = snapshot_dates(settings)
     candidates = [d for d in available if d <= as_of]
@@ -148,10 +164,13 @@ def _plan(
     )
     ttl = max((fv.ttl for fv in FEATURE_VIEWS if fv.ttl), default=timedelta(0))
     full = (end - ttl, end)
+    pins = dict(pins or {})
     if force:
         reason, window = "force", full
     elif last is None:
         reason, window = "first", full
+    elif last.pins != pins:  # to a pinned revision, or back from one
+        reason, window = "revision", full
     elif last.snapshot_as_of > snapshot:
         reason, window = "rollback", full
     elif changed:
@@ -160,15 +179,19 @@ def _plan(
         reason, window = "current", (end, end)
     else:  # users whose latest row predates the loaded snapshot are already right online
         reason, window = "incremental", (_midnight_utc(last.snapshot_as_of) + timedelta(microseconds=1), end)
-    return MaterializationPlan(as_of, snapshot, window[0], window[1], reason, ingestion_id)
+    return MaterializationPlan(as_of, snapshot, window[0], window[1], reason, ingestion_id, pins)
 
 
 def plan_materialization(
-    settings: Settings, as_of: date, store: FeatureStore | None = None, force: bool = False
+    settings: Settings,
+    as_of: date,
+    store: FeatureStore | None = None,
+    force: bool = False,
+    pins: Mapping[date, int] | None = None,
 ) -> MaterializationPlan:
     """What :func:`materialize` would do now (a dry run: nothing is written)."""
     with db.connect(db.target(settings), settings) as conn:
-        return _plan(conn, settings, as_of, store.project if store else PROJECT, force)
+        return _plan(conn, settings, as_of, store.project if store else PROJECT, force, pins)
 
 
 def _written(conn: psycopg.Connection, start: datetime, end: datetime) -> tuple[int, int]:
@@ -196,7 +219,7 @@ def _log(
     started: datetime,
 ) -> None:
     conn.execute(
-        f"INSERT INTO materializations ({_COLUMNS}) VALUES ({', '.join(['%s'] * 10)}, now())",
+        f"INSERT INTO materializations ({_COLUMNS}, pins) VALUES ({', '.join(['%s'] * 10)}, now(), %s)",
         (
             project,
             online_store_id(settings),
@@ -208,6 +231,7 @@ def _log(
             users,
             plan.ingestion_id,
             started,
+            json.dumps({d.isoformat(): r for d, r in sorted(plan.pins.items())}),
         ),
     )
 
@@ -274,8 +298,9 @@ def _materialize_postgres(
     for fv in views:
         encoder = OnlineRows(fv, targets[fv.name], version)
         task = progress.add_task(fv.name, total=None, phase="reading")
+        source = pinned_view(copy.copy(fv), plan.pins)  # pinned months read from their revision tables
         batches = users.watch(
-            pull_latest(store, fv, plan.window_start, plan.window_end, BATCH_ROWS), encoder.join_key
+            pull_latest(store, source, plan.window_start, plan.window_end, BATCH_ROWS), encoder.join_key
         )
         replacement, written = build(
             conn,
@@ -311,6 +336,7 @@ def materialize(
     store: FeatureStore | None = None,
     force: bool = False,
     show_progress: bool = False,
+    pins: Mapping[date, int] | None = None,
 ) -> MaterializeResult:
     """Make the online store serve, for every user, the latest feature values at or before ``as_of``.
 
@@ -322,10 +348,19 @@ def materialize(
     The PostgreSQL online store gets new tables swapped in, in one transaction with the
     materializations log (readers see the previous snapshot or the new one, never a mix or an empty
     table); Redis is written by Feast. ``show_progress``: a live display of rows and rates per view.
+
+    ``pins`` (as_of -> revision): months loaded at that revision instead of the one they serve
+    (PostgreSQL online store only); the next materialization without the same pins reloads in full.
     """
     t0 = time.perf_counter()
     started = datetime.now(UTC)
     store = store or feature_store(settings)
+    if pins and not bulk_supported(store.config):
+        raise UsageError(
+            f"--revision: the {settings.online_store} online store is written by Feast, which reads the"
+            " revisions served only",
+            "materialize a pinned revision into the PostgreSQL online store",
+        )
     online = 0
     with (
         db.connect(db.target(settings), settings, autocommit=True) as conn,
@@ -334,7 +369,7 @@ def materialize(
         migrate(conn)  # the materializations log is a migration (a no-op once applied)
         # Session lock: one materialization at a time per database, released even if we crash.
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
-        plan = _plan(conn, settings, as_of, store.project, force)
+        plan = _plan(conn, settings, as_of, store.project, force, pins)
         if plan.skipped:
             return MaterializeResult(plan, 0, 0, time.perf_counter() - t0)
         if bulk_supported(store.config):

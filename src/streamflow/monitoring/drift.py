@@ -23,6 +23,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from pathlib import Path
@@ -140,12 +141,15 @@ def _evidently_frame(features: pd.DataFrame, numeric: list[str], categorical: li
     return out
 
 
-def _labels(settings: Settings, as_of: date) -> pd.DataFrame:
-    """The labels of the month ``as_of`` for the users of its snapshot."""
+def _labels(settings: Settings, as_of: date, pins: Mapping[date, int] | None = None) -> pd.DataFrame:
+    """The labels of the month ``as_of`` for the users of its snapshot (at its pinned revision)."""
+    from streamflow.features.historical import relation
+
+    pinned = {d: r for d, r in (pins or {}).items() if d == as_of}
     with db.connect(db.target(settings), settings) as conn:
         rows = conn.execute(
-            "SELECT l.user_id, l.churn_label::int FROM labels l"
-            " JOIN user_snapshots s ON s.user_id = l.user_id AND s.as_of = l.as_of"
+            f"SELECT l.user_id, l.churn_label::int FROM {relation('labels', pinned)} l"
+            f" JOIN {relation('user_snapshots', pinned)} s ON s.user_id = l.user_id AND s.as_of = l.as_of"
             " WHERE l.as_of = %s",
             (as_of,),
         ).fetchall()
@@ -191,8 +195,13 @@ def drift_report(
     *,
     num_method: str | None = None,
     cat_method: str | None = None,
+    pins: Mapping[date, int] | None = None,
 ) -> DriftResult:
-    """Compare the snapshot at ``current`` with the one at ``reference``; save, log and record the report."""
+    """Compare the snapshot at ``current`` with the one at ``reference``; save, log and record the report.
+
+    Each month is read at the revision it serves, or at its revision in ``pins``; a pinned month's
+    production scores are computed in memory from its pinned features (``predictions`` holds the
+    scores of the revisions served)."""
     import mlflow
 
     with warnings.catch_warnings():
@@ -205,7 +214,13 @@ def drift_report(
 
     from streamflow.data.ingest import prepare
     from streamflow.features.config import feature_store
-    from streamflow.monitoring.scoring import NoProductionModel, ensure_scored, load_model, snapshot_features
+    from streamflow.monitoring.scoring import (
+        NoProductionModel,
+        ensure_scored,
+        load_model,
+        score_batches,
+        snapshot_features,
+    )
     from streamflow.training.tracking import use_mlflow
 
     t0 = time.perf_counter()
@@ -214,7 +229,10 @@ def drift_report(
     numeric = list(spec.numeric)
     categorical = [*spec.boolean, *spec.categorical]
     store = feature_store(settings)
-    frames = {as_of: snapshot_features(settings, as_of, service, store) for as_of in (reference, current)}
+    pins = dict(pins or {})
+    frames = {
+        as_of: snapshot_features(settings, as_of, service, store, pins) for as_of in (reference, current)
+    }
 
     # Production scores of both months (prediction drift) and each month's own labels (target drift).
     try:
@@ -227,10 +245,20 @@ def drift_report(
     for as_of, frame in frames.items():
         part = _evidently_frame(frame, numeric, categorical)
         part.insert(0, "user_id", frame["user_id"].to_numpy())
-        labels = _labels(settings, as_of)
+        labels = _labels(settings, as_of, pins)
         labelled &= not labels.empty
         part = part.merge(labels, on="user_id", how="left")
-        if model is not None:
+        if model is not None and as_of in pins:
+            chunks = list(score_batches(model, [frame]))
+            scores = pd.DataFrame(
+                {
+                    "user_id": np.concatenate([c.user_ids for c in chunks]) if chunks else [],
+                    PREDICTION_COLUMN: np.concatenate([c.probability for c in chunks]) if chunks else [],
+                    "prediction": np.concatenate([c.prediction for c in chunks]) if chunks else [],
+                }
+            )
+            part = part.merge(scores, on="user_id", how="left")
+        elif model is not None:
             scores = ensure_scored(settings, as_of, model.version)
             part = part.merge(scores[["user_id", PREDICTION_COLUMN, "prediction"]], on="user_id", how="left")
         data[as_of] = part
@@ -329,6 +357,8 @@ def drift_report(
                 "target_method": TARGET_METHOD,
                 "target_alpha": settings.target_drift_alpha,
                 "production_version": model.version if model else "none",
+                # months read at another revision than the one they serve ({} : none)
+                "revisions": json.dumps({d.isoformat(): r for d, r in sorted(pins.items())}),
             }
         )
         values = {"drift_share": share, "drifted_features": float(len(drifted))}

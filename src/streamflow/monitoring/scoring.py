@@ -124,6 +124,7 @@ def snapshot_feature_batches(
     service: str = DEFAULT_FEATURE_SERVICE,
     store: FeatureStore | None = None,
     chunk_rows: int | None = None,
+    pins: Mapping[date, int] | None = None,
 ) -> Iterator[pd.DataFrame]:
     """:func:`snapshot_features` in consecutive chunks of ``chunk_rows`` users (``score_chunk_rows``).
 
@@ -131,7 +132,7 @@ def snapshot_feature_batches(
     batches, this yields those instead and nothing downstream changes.
     """
     chunk_rows = chunk_rows or settings.score_chunk_rows
-    frame = snapshot_features(settings, as_of, service, store)
+    frame = snapshot_features(settings, as_of, service, store, pins)
     for start in range(0, len(frame), chunk_rows):
         yield frame.iloc[start : start + chunk_rows]
 
@@ -301,12 +302,15 @@ def score_snapshot(
     batches: Iterable[FeatureBatch] | None = None,
     chunk_rows: int | None = None,
     show_progress: bool = False,
+    pins: Mapping[date, int] | None = None,
 ) -> ScoreResult:
     """Score every user of the snapshot at ``as_of`` with a version (default: production) and store it.
 
     ``batches``: the snapshot's feature rows in batches (default: :func:`snapshot_feature_batches`
-    of ``chunk_rows`` users). Predicting and writing go batch by batch in one transaction; a failure
-    anywhere leaves the previous scores of (as_of, version) in place.
+    of ``chunk_rows`` users, each month at the revision it serves or at its revision in ``pins``;
+    the scores replace those of (as_of, version) whichever revision they came from). Predicting and
+    writing go batch by batch in one transaction; a failure anywhere leaves the previous scores of
+    (as_of, version) in place.
     """
     from streamflow.data.ingest import prepare
 
@@ -315,9 +319,9 @@ def score_snapshot(
     if batches is None:
         if as_of not in snapshot_dates(settings):  # before the transaction: a clear error, no lock
             raise NoSnapshotError(f"no snapshot at as_of {as_of.isoformat()}", snapshot_dates(settings))
-        batches = snapshot_feature_batches(settings, as_of, model.feature_service, store, chunk_rows)
+        batches = snapshot_feature_batches(settings, as_of, model.feature_service, store, chunk_rows, pins)
     scored_at = datetime.now(UTC)
-    total = snapshot_users(settings, as_of)
+    total = snapshot_users(settings, as_of, pins)
 
     t = prepare(settings)  # the predictions table is a migration
     with _progress(show_progress) as bar, db.connect(t, settings) as conn, conn.transaction():
@@ -378,11 +382,11 @@ def load_scores(settings: Settings, as_of: date, version: int) -> pd.DataFrame:
     return frame.sort_values("user_id", kind="mergesort").reset_index(drop=True)
 
 
-def snapshot_users(settings: Settings, as_of: date) -> int:
+def snapshot_users(settings: Settings, as_of: date, pins: Mapping[date, int] | None = None) -> int:
+    pinned = {d: r for d, r in (pins or {}).items() if d == as_of}
     with db.connect(db.target(settings), settings) as conn:
-        return int(
-            conn.execute("SELECT count(*) FROM user_snapshots WHERE as_of = %s", (as_of,)).fetchone()[0]
-        )
+        query = f"SELECT count(*) FROM {relation('user_snapshots', pinned)} s WHERE as_of = %s"
+        return int(conn.execute(query, (as_of,)).fetchone()[0])
 
 
 def ensure_scored(settings: Settings, as_of: date, version: int) -> pd.DataFrame:

@@ -28,6 +28,9 @@ from streamflow import db
 from streamflow.settings import Settings
 
 EXPERIMENT = "streamflow_churn"
+# Model version tag: the snapshot revision of every month the version's training set read, as JSON
+# {as_of: revision} (data/pruning.py reads it to find the versions that depend on a revision).
+REVISIONS_TAG = "streamflow.revisions"
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from streamflow.data.pruning import tag_value
 from streamflow.features.definitions import DEFAULT_FEATURE_SERVICE, feature_spec
 from streamflow.serving.fast_model import OnnxPredictor, to_onnx, verify
 from streamflow.settings import Settings, get_settings
@@ -42,7 +44,7 @@ from streamflow.training.models import (
 if TYPE_CHECKING:
     from streamflow.features.definitions import FeatureSpec
 from streamflow.training.plots import evaluation_plots, importance_plot
-from streamflow.training.tracking import use_mlflow
+from streamflow.training.tracking import REVISIONS_TAG, use_mlflow
 
 ONNX_ARTIFACT = "onnx/model.onnx"
 SAMPLE_ARTIFACT = "onnx/verification_sample.parquet"  # hold-out rows the API re-checks the fast path on
@@ -60,6 +62,7 @@ class TrainResult:
     metrics: dict[str, float]
     threshold: float
     fingerprint: str
+    revisions: dict[date, int] = field(default_factory=dict)  # as_of -> revision the training set read
 
 
 def _requirements() -> list[str]:
@@ -141,7 +144,10 @@ def train_model(
     settings: Settings | None = None,
     *,
     show_progress: bool = False,
+    pins: Mapping[date, int] | None = None,
 ) -> TrainResult:
+    """Train on the training set at ``as_of`` (each month at the revision it serves, or at its
+    revision in ``pins``) and register the model; the version records the revisions read."""
     import mlflow
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.models import infer_signature
@@ -149,7 +155,7 @@ def train_model(
     settings = settings or get_settings()
     seed = settings.seed if seed is None else seed
     spec = feature_spec(feature_service)
-    data = training_set(settings, as_of, feature_service, label_horizon)
+    data = training_set(settings, as_of, feature_service, label_horizon, pins=pins)
     frame = data.frame
     trained = fit_and_convert(frame, spec, model_type, seed, settings, show_progress=show_progress)
     fitted, holdout, metrics = trained.fitted, trained.holdout, trained.metrics
@@ -255,6 +261,7 @@ def train_model(
         "holdout_roc_auc": repr(metrics["roc_auc"]),
         "data_fingerprint": data.fingerprint,
         "onnx_artifact": ONNX_ARTIFACT,
+        REVISIONS_TAG: tag_value(data.revisions),
         **installed,
     }.items():
         client.set_model_version_tag(settings.model_name, str(version), key, value)
@@ -271,6 +278,7 @@ def train_model(
         {k: float(v) for k, v in metrics.items()},
         float(fitted.threshold),
         data.fingerprint,
+        dict(data.revisions),
     )
 
 
