@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 import skops.io
 import yaml
+from mlflow.utils.proto_json_utils import dataframe_from_parsed_json
 
 from streamflow.data.generate import generate_months
 from streamflow.features.definitions import feature_spec
@@ -45,6 +47,10 @@ def _save(folder: Path, trained: Trained, files: dict[str, bytes], frame: pd.Dat
         pip_requirements=["scikit-learn"],
         input_example=pyfunc.as_online_types(frame.head(5), spec),
     )
+
+
+def _item(value: np.generic) -> object:
+    return value.item()  # numpy scalar -> Python (json.dumps keeps floats exactly)
 
 
 def _folder(folder: Path) -> dict[str, bytes]:
@@ -103,9 +109,9 @@ def test_pyfunc_takes_feast_types_and_answers_like_the_fast_path(
     trained = fit_and_convert(small_month, spec, "logreg", 7, SETTINGS)
     _save(tmp_path / "model", trained, artifact_files(trained, small_month, spec), small_month)
     model = mlflow.pyfunc.load_model(str(tmp_path / "model"))
-    inputs = {i.name: i.type.name for i in model.metadata.get_input_schema().inputs}
+    inputs = {c.name: c.to_dict()["type"] for c in model.metadata.get_input_schema().inputs}
     assert inputs["months_active"] == "long" and inputs["monthly_fee"] == "double"
-    assert inputs["plan_stream_tv"] == "boolean" and inputs["net_service"] == "string"
+    assert inputs["plan_stream_tv"] == "any" and inputs["net_service"] == "string"
     assert model.metadata.get_output_schema().input_names() == [pyfunc.PROBABILITY, pyfunc.PREDICTION]
 
     # As get_online_features gives them: int64, float64, bool (object with None), str.
@@ -118,6 +124,11 @@ def test_pyfunc_takes_feast_types_and_answers_like_the_fast_path(
     proba = fast.predict_proba(rows).astype(np.float64)
     np.testing.assert_allclose(out[pyfunc.PROBABILITY], proba, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(out[pyfunc.PREDICTION], (proba >= trained.fitted.threshold).astype(int))
+    # MLflow's JSON path (mlflow models predict / serve) parses with the signature: None stays None.
+    split = rows.astype(object).where(rows.notna(), None).to_dict("split")
+    body = json.loads(json.dumps({"columns": split["columns"], "data": split["data"]}, default=_item))
+    parsed = dataframe_from_parsed_json(body, "split", model.metadata.get_input_schema())
+    pd.testing.assert_frame_equal(model.predict(parsed), out)
     # The decision is the version's threshold, not scikit-learn's 0.5.
     assert trained.fitted.threshold != 0.5
     assert (out[pyfunc.PREDICTION] == (out[pyfunc.PROBABILITY] >= trained.fitted.threshold)).all()

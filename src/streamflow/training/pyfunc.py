@@ -1,10 +1,11 @@
 """The registered model as MLflow serves it: the same answer as the API, from the same features.
 
 ``mlflow.pyfunc.load_model("models:/streamflow_churn@production").predict(frame)`` takes the features
-as Feast's ``get_online_features`` returns them (Float64 -> double, Int64 -> long, Bool -> boolean with
-None where unknown, String -> string), converts them itself (:func:`to_model_input`) and returns a
-frame of ``probability`` (P(churn=1)) and ``prediction`` (1 when the probability is at or above the
-version's tuned threshold, else 0): the API's two fields. The signature states both sides.
+as Feast's ``get_online_features`` returns them (Float64 -> double, Int64 -> long, String -> string,
+Bool -> True/False/None, declared ``Any``: see :func:`signature`), converts them itself
+(:func:`to_model_input`) and returns a frame of ``probability`` (P(churn=1)) and ``prediction`` (1
+when the probability is at or above the version's tuned threshold, else 0): the API's two fields.
+The signature states both sides.
 
 The model folder is the scikit-learn flavor's (``model.skops``: ``mlflow.sklearn.load_model`` still
 gives the pipeline) plus :data:`CONFIG_FILE` (the threshold, the feature columns); only its
@@ -34,21 +35,28 @@ SKOPS_FILE = "model.skops"  # the sklearn flavor's file name for the skops forma
 PROBABILITY, PREDICTION = "probability", "prediction"  # output columns, named as in the API
 
 
-def _column_type(spec: FeatureSpec, name: str) -> str:
-    if name in spec.categorical:
-        return "string"
-    if name in spec.boolean:
-        return "boolean"
-    return "long" if name in spec.integer else "double"
-
-
 def signature(spec: FeatureSpec) -> ModelSignature:
-    """Feast's online types in, the API's probability and 0/1 prediction out."""
+    """Feast's online types in, the API's probability and 0/1 prediction out.
+
+    Booleans are declared ``Any``, not ``boolean``: a Feast Bool is True, False or None (no internet,
+    hence no streaming plan), and on its JSON path (``mlflow models predict``, ``mlflow models serve``)
+    MLflow casts a ``boolean`` column with ``astype(bool)``, which turns None into False and would
+    answer such a user as if the value were known. :func:`to_model_input` still refuses anything but
+    True/False/None.
+    """
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import AnyType
+
+    def column(name: str) -> ColSpec:
+        if name in spec.boolean:
+            return ColSpec(AnyType(), name)
+        if name in spec.categorical:
+            return ColSpec("string", name)
+        return ColSpec("long" if name in spec.integer else "double", name)
 
     return ModelSignature(
-        inputs=Schema([ColSpec(_column_type(spec, name), name) for name in spec.names]),
+        inputs=Schema([column(name) for name in spec.names]),
         outputs=Schema([ColSpec("double", PROBABILITY), ColSpec("long", PREDICTION)]),
     )
 

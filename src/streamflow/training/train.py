@@ -259,6 +259,7 @@ def train_model(
         # Complete rows: the example is in Feast's online types, where an Int64 has no missing value.
         example = pyfunc.as_online_types(features.dropna(subset=list(spec.numeric)).head(5), spec)
         info = Model.log(
+            None,  # artifact_path: deprecated, but positional
             name=MODEL_NAME,
             flavor=pyfunc,
             registered_model_name=settings.model_name,
