@@ -5,9 +5,10 @@
 At startup: the Feast store and the churn_v1 FeatureService, and ``mlflow.pyfunc.load_model(
 "models:/streamflow_churn@production")`` (loaded once). Per request (a plain ``def`` endpoint, so
 FastAPI runs it in its thread pool, as the course did): Feast SDK ``get_online_features`` for one
-entity row -> one-row pandas DataFrame -> ``to_model_input`` -> pyfunc ``predict`` (the 300-tree
-scikit-learn forest) -> JSON. Served by the same uvicorn + uvloop + httptools stack as
-``streamflow serve``, so the comparison measures the application path, not the HTTP server.
+entity row -> one-row pandas DataFrame -> pyfunc ``predict`` (it converts Feast's types itself, runs
+the 300-tree scikit-learn forest and applies the version's threshold) -> JSON. Served by the same
+uvicorn + uvloop + httptools stack as ``streamflow serve``, so the comparison measures the application
+path, not the HTTP server.
 """
 
 from __future__ import annotations
@@ -59,8 +60,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/predict")
     def predict(request: PredictRequest) -> Any:
-        from streamflow.training.models import to_model_input
-
         spec = state["spec"]
         online = (
             state["store"]
@@ -71,10 +70,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if all(v[0] is None for v in features.values()):
             return JSONResponse({"error": f"no features for user_id={request.user_id}"}, status_code=404)
         frame = pd.DataFrame(features)
-        prediction = state["model"].predict(to_model_input(frame, spec))
+        prediction = state["model"].predict(frame)["prediction"]
         return {
             "user_id": request.user_id,
-            "prediction": int(prediction[0]),
+            "prediction": int(prediction.iloc[0]),
             "features": {name: v[0] for name, v in features.items()},
         }
 

@@ -5,13 +5,13 @@ serving, monitoring and the API's ``missing_features`` all read it from here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, Field, ValueType
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
 from feast.types import Bool, Float64, Int64, PrimitiveFeastType, String
 
+from streamflow.features.spec import FeatureSpec
 from streamflow.settings import get_settings
 
 # Snapshots are monthly: a value older than this is missing for training and stale for serving.
@@ -110,18 +110,6 @@ FEATURE_SERVICES = {s.name: s for s in (churn_v1, churn_v2)}
 DEFAULT_FEATURE_SERVICE = churn_v1.name
 
 
-@dataclass(frozen=True)
-class FeatureSpec:
-    """A feature service seen from the model: names in order, grouped by how the model encodes them."""
-
-    service: str
-    refs: tuple[str, ...]  # "view:feature", what Feast retrieval takes
-    names: tuple[str, ...]
-    numeric: tuple[str, ...]
-    boolean: tuple[str, ...]
-    categorical: tuple[str, ...]
-
-
 def feature_spec(service_name: str = DEFAULT_FEATURE_SERVICE) -> FeatureSpec:
     try:
         service = FEATURE_SERVICES[service_name]
@@ -129,7 +117,7 @@ def feature_spec(service_name: str = DEFAULT_FEATURE_SERVICE) -> FeatureSpec:
         raise ValueError(
             f"unknown feature service {service_name!r}; known: {sorted(FEATURE_SERVICES)}"
         ) from None
-    refs, names, numeric, boolean, categorical = [], [], [], [], []
+    refs, names, numeric, boolean, categorical, integer = [], [], [], [], [], []
     for projection in service.feature_view_projections:
         for field in projection.features:
             refs.append(f"{projection.name_to_use()}:{field.name}")
@@ -140,6 +128,14 @@ def feature_spec(service_name: str = DEFAULT_FEATURE_SERVICE) -> FeatureSpec:
                 boolean.append(field.name)
             else:
                 numeric.append(field.name)
+                if field.dtype == Int64:
+                    integer.append(field.name)
     return FeatureSpec(
-        service_name, tuple(refs), tuple(names), tuple(numeric), tuple(boolean), tuple(categorical)
+        service_name,
+        tuple(refs),
+        tuple(names),
+        tuple(numeric),
+        tuple(boolean),
+        tuple(categorical),
+        tuple(integer),
     )

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 # emits and what onnxruntime >= 1.16 runs.
 TARGET_OPSET = {"": 18, "ai.onnx.ml": 3}
 PROBABILITIES = "probabilities"  # the classifier's [n, 2] output once zipmap is off
+# skl2onnx names the graph with a random uuid4 unless told: a fixed name keeps the bytes reproducible.
+GRAPH_NAME = "streamflow_churn"
 
 
 def _convert_hist_gradient_boosting(scope: Any, operator: Any, container: Any) -> None:
@@ -86,7 +88,8 @@ def to_onnx(pipeline: Pipeline, spec: FeatureSpec) -> bytes:
 
     One [None, 1] input per feature: float32 for numeric and boolean columns (as ``to_model_input``
     casts them), string for categorical ones. zipmap is disabled, so the output is a plain
-    [n, 2] float tensor instead of a list of dicts (slow to build and to read).
+    [n, 2] float tensor instead of a list of dicts (slow to build and to read). The same pipeline
+    gives the same bytes (fixed graph name; skl2onnx's node names are counters, no timestamps).
     """
     initial_types: list[tuple[str, Any]] = []
     for name in spec.names:
@@ -98,6 +101,7 @@ def to_onnx(pipeline: Pipeline, spec: FeatureSpec) -> bytes:
         initial_types=initial_types,
         options={id(classifier): {"zipmap": False}},
         target_opset=TARGET_OPSET,
+        name=GRAPH_NAME,
     )
     return model.SerializeToString()
 

@@ -3,7 +3,12 @@
 The run holds params, hold-out metrics, plots, the feature schema, the training data's fingerprint
 (also logged as an MLflow dataset input), the git commit and package versions. The fitted pipeline
 is registered as a new version of ``streamflow_churn`` together with its ONNX conversion, which is
-checked against the pipeline (on every hold-out row) before anything is logged.
+checked against the pipeline (on every hold-out row) before anything is logged. The registered
+model's pyfunc flavor answers like the API (training/pyfunc.py).
+
+The model files are reproducible: the same inputs and seed give the same bytes (training/artifacts.py
+for the skops file, a fixed graph name for ONNX), and the version carries each file's sha256
+(:data:`SHA256_TAGS`), so equal tags mean the same model.
 
 :func:`fit_and_convert` is the part without a database or MLflow: hold-out split, selection and fit,
 hold-out metrics, ONNX conversion and verification, with each stage's seconds. ``train_model`` runs it
@@ -14,6 +19,7 @@ verification sample, a 5-row signature/input example.
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 from collections.abc import Mapping
@@ -29,6 +35,8 @@ from streamflow.data.pruning import tag_value
 from streamflow.features.definitions import DEFAULT_FEATURE_SERVICE, feature_spec
 from streamflow.serving.fast_model import OnnxPredictor, to_onnx, verify
 from streamflow.settings import Settings, get_settings
+from streamflow.training import pyfunc
+from streamflow.training.artifacts import sha256, skops_bytes
 from streamflow.training.dataset import LABEL, training_set
 from streamflow.training.lineage import environment, git_commit, package_versions
 from streamflow.training.models import (
@@ -38,7 +46,6 @@ from streamflow.training.models import (
     evaluate,
     fit_model,
     holdout_mask,
-    to_model_input,
 )
 
 if TYPE_CHECKING:
@@ -51,6 +58,15 @@ SAMPLE_ARTIFACT = "onnx/verification_sample.parquet"  # hold-out rows the API re
 SAMPLE_ROWS = 500
 PLOT_ROWS = 50_000  # hold-out rows the ROC / PR / confusion plots are drawn from (stratified sample)
 SCHEMA_ARTIFACT = "feature_schema.json"
+MODEL_NAME = "model"  # the logged model's name in the run
+
+# Version tags: the sha256 (hex) of each file the version's predictions come from, by its path (the
+# skops file inside the logged model, the others in the run's artifacts).
+SHA256_TAGS: dict[str, str] = {
+    pyfunc.SKOPS_FILE: "model_sha256",
+    ONNX_ARTIFACT: "onnx_sha256",
+    SAMPLE_ARTIFACT: "verification_sample_sha256",
+}
 
 
 @dataclass(frozen=True)
@@ -70,13 +86,6 @@ def _requirements() -> list[str]:
     return [f"{name}=={versions[name]}" for name in ("scikit-learn", "numpy", "pandas")] + [
         f"skops=={_version('skops')}",
     ]
-
-
-def _skops_types(pipeline) -> list[str]:
-    """The types skops will not load by default that this pipeline (which we just built) contains."""
-    import skops.io
-
-    return skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))
 
 
 def _version(name: str) -> str:
@@ -135,6 +144,18 @@ def fit_and_convert(
     return Trained(fitted, holdout, metrics, proba, onnx_bytes, diff, dict(stages.seconds))
 
 
+def artifact_files(trained: Trained, frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, bytes]:
+    """The bytes of every file in :data:`SHA256_TAGS` for a model :func:`fit_and_convert` made from
+    ``frame``; the same for the same frame, model type and seed."""
+    sample = io.BytesIO()
+    frame[list(spec.names)][trained.holdout].head(SAMPLE_ROWS).to_parquet(sample, index=False)
+    return {
+        pyfunc.SKOPS_FILE: skops_bytes(trained.fitted.pipeline),
+        ONNX_ARTIFACT: trained.onnx_bytes,
+        SAMPLE_ARTIFACT: sample.getvalue(),
+    }
+
+
 def train_model(
     as_of: date,
     model_type: str = "baseline",
@@ -150,7 +171,7 @@ def train_model(
     revision in ``pins``) and register the model; the version records the revisions read."""
     import mlflow
     from mlflow.data.code_dataset_source import CodeDatasetSource
-    from mlflow.models import infer_signature
+    from mlflow.models import Model
 
     settings = settings or get_settings()
     seed = settings.seed if seed is None else seed
@@ -163,6 +184,7 @@ def train_model(
     y = frame[LABEL].to_numpy(dtype=int)
     train_seconds = sum(trained.seconds[k] for k in ("cv_search", "cv_threshold", "fit"))
     onnx_bytes, onnx_diff = trained.onnx_bytes, trained.onnx_max_abs_diff
+    files = artifact_files(trained, frame, spec)
     installed = environment()  # lock, Python and platform, on the run and on the version
 
     use_mlflow(settings)
@@ -236,21 +258,23 @@ def train_model(
         if (fig := importance_plot(fitted.pipeline)) is not None:
             mlflow.log_figure(fig, "plots/feature_importance.png")
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(ONNX_ARTIFACT).name
-            path.write_bytes(onnx_bytes)
-            mlflow.log_artifact(str(path), artifact_path=str(Path(ONNX_ARTIFACT).parent))
-            sample = Path(tmp) / Path(SAMPLE_ARTIFACT).name
-            features[holdout].head(SAMPLE_ROWS).to_parquet(sample, index=False)
-            mlflow.log_artifact(str(sample), artifact_path=str(Path(SAMPLE_ARTIFACT).parent))
-        example = to_model_input(features.head(5), spec)
-        info = mlflow.sklearn.log_model(
-            fitted.pipeline,
-            name="model",
+            for artifact in (ONNX_ARTIFACT, SAMPLE_ARTIFACT):
+                path = Path(tmp) / Path(artifact).name
+                path.write_bytes(files[artifact])
+                mlflow.log_artifact(str(path), artifact_path=str(Path(artifact).parent))
+        # Complete rows: the example is in Feast's online types, where an Int64 has no missing value.
+        example = pyfunc.as_online_types(features.dropna(subset=list(spec.numeric)).head(5), spec)
+        info = Model.log(
+            None,  # artifact_path: deprecated, but positional
+            name=MODEL_NAME,
+            flavor=pyfunc,
             registered_model_name=settings.model_name,
-            signature=infer_signature(example, fitted.pipeline.predict_proba(example)[:, 1]),
-            input_example=example,
+            pipeline=fitted.pipeline,
+            spec=spec,
+            threshold=fitted.threshold,
+            skops_file=files[pyfunc.SKOPS_FILE],
             pip_requirements=_requirements(),
-            skops_trusted_types=_skops_types(fitted.pipeline),
+            input_example=example,
         )
     version = int(info.registered_model_version)
     for key, value in {
@@ -262,6 +286,7 @@ def train_model(
         "data_fingerprint": data.fingerprint,
         "onnx_artifact": ONNX_ARTIFACT,
         REVISIONS_TAG: tag_value(data.revisions),
+        **{tag: sha256(files[artifact]) for artifact, tag in SHA256_TAGS.items()},
         **installed,
     }.items():
         client.set_model_version_tag(settings.model_name, str(version), key, value)
