@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -18,7 +21,7 @@ from streamflow.features.definitions import feature_spec
 from streamflow.serving.fast_model import OnnxPredictor
 from streamflow.settings import Settings
 from streamflow.training import pyfunc
-from streamflow.training.artifacts import canonical_skops, skops_bytes
+from streamflow.training.artifacts import canonical_skops, sha256, skops_bytes
 from streamflow.training.models import to_model_input
 from streamflow.training.train import SHA256_TAGS, Trained, artifact_files, fit_and_convert
 from tests.unit.conftest import read_month
@@ -84,6 +87,37 @@ def test_training_twice_gives_the_same_bytes(
     loaded = skops.io.loads(data, trusted=skops.io.get_untrusted_types(data=data))
     frame = to_model_input(small_month, spec)
     np.testing.assert_array_equal(loaded.predict_proba(frame), trained.fitted.pipeline.predict_proba(frame))
+
+
+_OTHER_PROCESS = """
+import json, sys
+import pandas as pd
+from streamflow.features.definitions import feature_spec
+from streamflow.settings import Settings
+from streamflow.training.artifacts import sha256
+from streamflow.training.train import artifact_files, fit_and_convert
+frame, spec = pd.read_pickle(sys.argv[1]), feature_spec("churn_v2")
+trained = fit_and_convert(frame, spec, "logreg", 7, Settings(cv_folds=3))
+print(json.dumps({k: sha256(v) for k, v in artifact_files(trained, frame, spec).items()}))
+"""
+
+
+def test_another_process_and_hash_seed_give_the_same_bytes(small_month: pd.DataFrame, tmp_path: Path) -> None:
+    # id()s, string interning and set order differ between processes; the bytes must not.
+    small_month.to_pickle(tmp_path / "frame.pkl")
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    done = subprocess.run(
+        [sys.executable, "-c", _OTHER_PROCESS, str(tmp_path / "frame.pkl")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    spec = feature_spec("churn_v2")
+    trained = fit_and_convert(small_month, spec, "logreg", 7, SETTINGS)
+    here = {k: sha256(v) for k, v in artifact_files(trained, small_month, spec).items()}
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == here
 
 
 def test_canonical_skops_keeps_shared_objects_and_bytes() -> None:
