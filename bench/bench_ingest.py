@@ -48,16 +48,25 @@ def raw_copy_seconds(settings: Settings, month: Path, keys: bool = False) -> flo
     with db.connect(db.target(settings), settings) as conn:
         seconds = 0.0
         with conn.transaction(force_rollback=True):  # leaves nothing behind
+            conn.execute("SET LOCAL maintenance_work_mem = '256MB'")  # as the ingest sets it
             for contract in CONTRACTS:
                 table = sql.Identifier(f"bench_copy_{contract.table}")
                 parent = sql.Identifier(revisions.SNAPSHOT_TABLES[contract.table])
                 conn.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(table, parent))
-                conn.execute(
-                    sql.SQL(
-                        "ALTER TABLE {} ALTER as_of DROP NOT NULL, ALTER as_of_ts DROP NOT NULL,"
-                        " ALTER revision DROP NOT NULL"
-                    ).format(table)
-                )
+                if keys:  # as an ingest's table has it: one as_of_ts, CHECKed (no scan on ATTACH)
+                    conn.execute(
+                        sql.SQL(
+                            "ALTER TABLE {} ALTER as_of DROP NOT NULL, ALTER revision DROP NOT NULL,"
+                            " ALTER as_of_ts SET DEFAULT '2000-01-01', ADD CHECK (as_of_ts = '2000-01-01')"
+                        ).format(table)
+                    )
+                else:
+                    conn.execute(
+                        sql.SQL(
+                            "ALTER TABLE {} ALTER as_of DROP NOT NULL, ALTER as_of_ts DROP NOT NULL,"
+                            " ALTER revision DROP NOT NULL"
+                        ).format(table)
+                    )
                 cols = sql.SQL(", ").join(map(sql.Identifier, contract.names))
                 statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, HEADER true)").format(
                     table, cols
@@ -72,13 +81,6 @@ def raw_copy_seconds(settings: Settings, month: Path, keys: bool = False) -> flo
                 scratch = sql.Identifier(f"bench_parent_{contract.table}")
                 conn.execute(
                     sql.SQL("CREATE TABLE {} (LIKE {}) PARTITION BY LIST (as_of_ts)").format(scratch, table)
-                )
-                # As an ingest's table has it: its as_of_ts, NOT NULL and CHECKed (no scan on ATTACH).
-                conn.execute(sql.SQL("UPDATE {} SET as_of_ts = '2000-01-01'").format(table))
-                conn.execute(
-                    sql.SQL(
-                        "ALTER TABLE {} ALTER as_of_ts SET NOT NULL, ADD CHECK (as_of_ts = '2000-01-01')"
-                    ).format(table)
                 )
                 started = time.perf_counter()
                 conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (user_id, as_of_ts)").format(table))
