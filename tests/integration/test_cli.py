@@ -57,6 +57,9 @@ def test_argument_errors_answer_at_once(fresh: tuple[dict[str, str], Path]) -> N
         "demo --start 2024-02-30": "--start: '2024-02-30' is not a date",
         "demo --seeds missing-folder": "--seeds: missing-folder does not exist",
         "promote": "name a --version or ask for --best",
+        "train --as-of 2024-01-31 --revision 0": "Invalid value for '--revision'",
+        "data revisions --as-of 2024-02-30": "--as-of: '2024-02-30' is not a date",
+        "data prune --as-of 2024-01-31": "Missing option '--revision'",
         "train": "Missing option '--as-of'",
         "trian --as-of 2024-01-31": "No such command 'trian'",
         "--log-level loud models": "Invalid value for '--log-level'",
@@ -85,6 +88,8 @@ def test_every_command_in_the_wrong_order(
         ("promote --best", "no versions of streamflow_churn are registered; train one first"),
         ("promote --version 3", "streamflow_churn has no version 3"),
         ("rollback", "no version holds @production; nothing to roll back"),
+        ("data revisions", ingest_first),
+        (f"data prune --as-of {JAN} --revision 1", ingest_first),
     ]
     for args, message in steps:
         assert_one_line_error(run(env, *args.split(), cwd=cwd), message)
@@ -94,6 +99,13 @@ def test_every_command_in_the_wrong_order(
     for as_of, folder in months.items():
         r = run(env, "ingest", str(folder), "--as-of", as_of.isoformat(), cwd=cwd)
         assert r.code == 0, r
+    for args, message in (
+        (f"data prune --as-of {JAN} --revision 1", "revision 1 of 2024-01-31 is the current revision"),
+        (f"data prune --as-of {JAN} --revision 3", "--revision: revision 3 of 2024-01-31 does not exist"),
+        (f"train --as-of {JAN} --revision 2", "--revision: revision 2 of 2024-01-31 does not exist"),
+        ("data revisions --as-of 2023-12-31", "no snapshot at as_of 2023-12-31"),
+    ):
+        assert_one_line_error(run(env, *args.split(), cwd=cwd), message)
     # Ingested, but the feature store was never applied.
     for args in (
         f"train --as-of {JAN}",
