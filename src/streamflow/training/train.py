@@ -11,8 +11,10 @@ for the skops file, a fixed graph name for ONNX), and the version carries each f
 (:data:`SHA256_TAGS`), so equal tags mean the same model.
 
 :func:`fit_and_convert` is the part without a database or MLflow: hold-out split, selection and fit,
-hold-out metrics, ONNX conversion and verification, with each stage's seconds. ``train_model`` runs it
-on a point-in-time training set; ``bench/bench_train.py`` runs it on CSV exports joined in memory.
+hold-out metrics, ONNX conversion and verification, with each stage's seconds. ``build_model`` runs it
+on a point-in-time training set and makes the model files, ``register_model`` logs and registers that;
+``train_model`` is the two, ``reproduce`` (training/reproduce.py) only the first.
+``bench/bench_train.py`` runs :func:`fit_and_convert` on CSV exports joined in memory.
 What it logs stays bounded at any size: plots from at most ``PLOT_ROWS`` hold-out rows, a 500-row
 verification sample, a 5-row signature/input example.
 """
