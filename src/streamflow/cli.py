@@ -584,6 +584,48 @@ def train(
         console.print(f"trained on revisions {read}")
 
 
+@app.command()
+def reproduce(
+    version: Annotated[int, typer.Argument(min=1, help="The registered version to reproduce.")],
+    as_json: Json = False,
+) -> None:
+    """Check that VERSION can be reproduced: its revisions are readable and give the recorded training
+    set, a retrain gives the same metrics, files and predictions; the environment is compared.
+
+    Logged as an MLflow run (tag streamflow.reproduces); exit 5 when a check fails or cannot run."""
+    settings = get_settings()
+    with preflight.checks(settings) as check:
+        check.data()
+    from streamflow.training.reproduce import reproduce as do_reproduce
+
+    r = do_reproduce(settings, version)
+    if as_json:
+        emit_json(
+            {
+                "model": r.model_name,
+                "version": r.version,
+                "as_of": r.as_of,
+                "reproduced": r.reproduced,
+                "checks": [{"check": v.check, "status": v.status, "detail": v.detail} for v in r.verdicts],
+                "environment_differences": r.differences,
+                "likely_cause": r.likely_cause,
+                "run_id": r.run_id,
+            }
+        )
+    else:
+        colour = {"pass": "green", "FAIL": "red", "not run": "yellow", "differs": "yellow"}
+        for v in r.verdicts:
+            console.print(f"[{colour[v.status]}]{v.status:>7}[/]  {v.check:<12} {escape(v.detail)}")
+        if r.likely_cause:
+            console.print(f"likely cause: {escape(r.likely_cause)}")
+        elif r.differences:
+            console.print(f"note: the environment differs ({escape('; '.join(r.differences))})")
+        verdict = "reproduced" if r.reproduced else "[red]NOT reproduced[/]"
+        console.print(f"{r.model_name} v{r.version}: {verdict} (MLflow run {r.run_id})")
+    if not r.reproduced:
+        raise typer.Exit(errors.EXIT_NOT_REPRODUCED)
+
+
 def decision_summary(d: Any) -> dict[str, Any]:
     return {
         "version": d.version,

@@ -12,12 +12,14 @@ are adapted by :func:`as_user_error` from their class names, so reporting one ne
 
 Exit codes: 0 done; 1 an unexpected failure (a bug: one line, the traceback with ``--log-level
 debug``); 2 a StreamFlow error; 3 the database is not reachable (or stopped, for ``db status``);
-4 ``promote`` kept the current production version; 130 interrupted.
+4 ``promote`` kept the current production version; 5 ``reproduce`` did not reproduce the version (a
+check failed or could not run); 130 interrupted.
 """
 
 from __future__ import annotations
 
 EXIT_OK, EXIT_BUG, EXIT_USER, EXIT_DATABASE, EXIT_KEPT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_NOT_REPRODUCED = 5
 
 
 class StreamflowError(Exception):

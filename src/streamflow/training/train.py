@@ -11,8 +11,10 @@ for the skops file, a fixed graph name for ONNX), and the version carries each f
 (:data:`SHA256_TAGS`), so equal tags mean the same model.
 
 :func:`fit_and_convert` is the part without a database or MLflow: hold-out split, selection and fit,
-hold-out metrics, ONNX conversion and verification, with each stage's seconds. ``train_model`` runs it
-on a point-in-time training set; ``bench/bench_train.py`` runs it on CSV exports joined in memory.
+hold-out metrics, ONNX conversion and verification, with each stage's seconds. ``build_model`` runs it
+on a point-in-time training set and makes the model files, ``register_model`` logs and registers that;
+``train_model`` is the two, ``reproduce`` (training/reproduce.py) only the first.
+``bench/bench_train.py`` runs :func:`fit_and_convert` on CSV exports joined in memory.
 What it logs stays bounded at any size: plots from at most ``PLOT_ROWS`` hold-out rows, a 500-row
 verification sample, a 5-row signature/input example.
 """
@@ -37,7 +39,7 @@ from streamflow.serving.fast_model import OnnxPredictor, to_onnx, verify
 from streamflow.settings import Settings, get_settings
 from streamflow.training import pyfunc
 from streamflow.training.artifacts import sha256, skops_bytes
-from streamflow.training.dataset import LABEL, training_set
+from streamflow.training.dataset import LABEL, TrainingSet, training_set
 from streamflow.training.lineage import environment, git_commit, package_versions
 from streamflow.training.models import (
     FittedModel,
@@ -156,6 +158,41 @@ def artifact_files(trained: Trained, frame: pd.DataFrame, spec: FeatureSpec) -> 
     }
 
 
+@dataclass
+class Built:
+    """What :func:`build_model` made: the training set and the model, not yet logged or registered."""
+
+    data: TrainingSet
+    spec: FeatureSpec
+    model_type: str
+    seed: int
+    label_horizon: int
+    trained: Trained
+    files: dict[str, bytes]  # artifact_files(): the bytes each SHA256_TAGS entry hashes
+
+
+def build_model(
+    as_of: date,
+    model_type: str = "baseline",
+    seed: int | None = None,
+    feature_service: str = DEFAULT_FEATURE_SERVICE,
+    label_horizon: int = 0,
+    settings: Settings | None = None,
+    *,
+    show_progress: bool = False,
+    pins: Mapping[date, int] | None = None,
+) -> Built:
+    """The training set at ``as_of`` (each month at the revision it serves, or at its revision in
+    ``pins``) and the model fitted on it, with its files; nothing is written anywhere."""
+    settings = settings or get_settings()
+    seed = settings.seed if seed is None else seed
+    spec = feature_spec(feature_service)
+    data = training_set(settings, as_of, feature_service, label_horizon, pins=pins)
+    trained = fit_and_convert(data.frame, spec, model_type, seed, settings, show_progress=show_progress)
+    files = artifact_files(trained, data.frame, spec)
+    return Built(data, spec, model_type, seed, label_horizon, trained, files)
+
+
 def train_model(
     as_of: date,
     model_type: str = "baseline",
@@ -169,22 +206,35 @@ def train_model(
 ) -> TrainResult:
     """Train on the training set at ``as_of`` (each month at the revision it serves, or at its
     revision in ``pins``) and register the model; the version records the revisions read."""
+    settings = settings or get_settings()
+    built = build_model(
+        as_of,
+        model_type,
+        seed,
+        feature_service,
+        label_horizon,
+        settings,
+        show_progress=show_progress,
+        pins=pins,
+    )
+    return register_model(built, settings)
+
+
+def register_model(built: Built, settings: Settings) -> TrainResult:
+    """Log ``built`` as an MLflow run and register it as a new version of the model, with its tags."""
     import mlflow
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.models import Model
 
-    settings = settings or get_settings()
-    seed = settings.seed if seed is None else seed
-    spec = feature_spec(feature_service)
-    data = training_set(settings, as_of, feature_service, label_horizon, pins=pins)
+    data, spec, trained, files = built.data, built.spec, built.trained, built.files
+    as_of, feature_service, label_horizon = data.as_of, data.service, built.label_horizon
+    model_type, seed = built.model_type, built.seed
     frame = data.frame
-    trained = fit_and_convert(frame, spec, model_type, seed, settings, show_progress=show_progress)
     fitted, holdout, metrics = trained.fitted, trained.holdout, trained.metrics
     features = frame[list(spec.names)]  # as Feast returns them; the pipeline's input is derived from it
     y = frame[LABEL].to_numpy(dtype=int)
     train_seconds = sum(trained.seconds[k] for k in ("cv_search", "cv_threshold", "fit"))
     onnx_bytes, onnx_diff = trained.onnx_bytes, trained.onnx_max_abs_diff
-    files = artifact_files(trained, frame, spec)
     installed = environment()  # lock, Python and platform, on the run and on the version
 
     use_mlflow(settings)
