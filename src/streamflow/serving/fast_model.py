@@ -89,7 +89,8 @@ def to_onnx(pipeline: Pipeline, spec: FeatureSpec) -> bytes:
     One [None, 1] input per feature: float32 for numeric and boolean columns (as ``to_model_input``
     casts them), string for categorical ones. zipmap is disabled, so the output is a plain
     [n, 2] float tensor instead of a list of dicts (slow to build and to read). The same pipeline
-    gives the same bytes (fixed graph name; skl2onnx's node names are counters, no timestamps).
+    gives the same bytes (fixed graph name; skl2onnx's node names are counters, no timestamps; the
+    opsets sorted by :func:`canonical`).
     """
     initial_types: list[tuple[str, Any]] = []
     for name in spec.names:
@@ -103,7 +104,19 @@ def to_onnx(pipeline: Pipeline, spec: FeatureSpec) -> bytes:
         target_opset=TARGET_OPSET,
         name=GRAPH_NAME,
     )
-    return model.SerializeToString()
+    return canonical(model).SerializeToString()
+
+
+def canonical(model: Any) -> Any:
+    """``model`` (an onnx ModelProto) with its opset imports sorted by domain, in place.
+
+    skl2onnx lists the opsets in the order its converters first met them, which varies between
+    processes (seen: ``ai.onnx.ml`` before ``""`` in about one training in ten), so the same model
+    would otherwise hash differently."""
+    opsets = sorted(model.opset_import, key=lambda o: (o.domain, o.version))
+    del model.opset_import[:]
+    model.opset_import.extend(opsets)
+    return model
 
 
 class OnnxPredictor:
