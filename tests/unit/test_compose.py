@@ -470,9 +470,11 @@ def haproxy_lines() -> list[list[str]]:
 
 
 def api_liveness_and_readiness_routes() -> set[str]:
-    from streamflow.serving.app import create_app
+    # The routers the app mounts, not an app: building one attaches to the database (a default
+    # Settings() would start an embedded server in the working directory and leave it running).
+    from streamflow.serving.routers import ROUTERS
 
-    return {route.path for route in create_app(Settings()).routes} & {"/health", "/ready"}
+    return {route.path for router in ROUTERS for route in router.routes} & {"/health", "/ready"}
 
 
 def test_api_runs_as_replicas_behind_the_proxy() -> None:
