@@ -13,7 +13,7 @@ from streamflow.features.config import feature_store
 from streamflow.features.definitions import feature_spec
 from streamflow.features.snapshots import NoSnapshotError
 from streamflow.settings import Settings
-from streamflow.training.dataset import TrainingSet, add_months, available_as_of, training_set
+from streamflow.training.dataset import TrainingSet, available_as_of, training_set
 from tests.conftest import Months
 
 JAN, FEB = date(2024, 1, 31), date(2024, 2, 29)
@@ -136,18 +136,3 @@ def test_unknown_as_of_lists_what_exists(stack_settings: Settings, store: Featur
         training_set(stack_settings, JAN, service="nope", store=store)
     with pytest.raises(ValueError, match="label_horizon"):
         training_set(stack_settings, JAN, label_horizon=-1, store=store)
-
-
-@pytest.mark.parametrize(
-    ("start", "months", "want"),
-    [
-        (date(2024, 1, 31), 1, date(2024, 2, 29)),
-        (date(2024, 2, 29), 1, date(2024, 3, 31)),
-        (date(2024, 2, 29), 12, date(2025, 2, 28)),
-        (date(2024, 1, 15), 1, date(2024, 2, 15)),
-        (date(2024, 11, 30), 2, date(2025, 1, 31)),
-        (date(2024, 3, 31), 0, date(2024, 3, 31)),
-    ],
-)
-def test_add_months_keeps_month_ends(start: date, months: int, want: date) -> None:
-    assert add_months(start, months) == want

@@ -82,16 +82,3 @@ def test_monthly_pipeline_runs_every_stage(
 
     runs = asyncio.run(flow_runs())
     assert any(r.name and r.state and r.state.is_completed() for r in runs)
-
-
-def test_contract_violations_are_not_retried(tmp_path) -> None:
-    """Retrying cannot fix bad data: the retry condition says no for ContractError only."""
-    from prefect.states import Failed
-
-    from streamflow.data.validate import ContractError, Violation
-    from streamflow.flows import _retry_unless_bad_data
-
-    bad = Failed(data=ContractError(tmp_path, [Violation("labels.csv", "file is missing")]))
-    flaky = Failed(data=ConnectionError("server closed the connection"))
-    assert _retry_unless_bad_data(None, None, bad) is False
-    assert _retry_unless_bad_data(None, None, flaky) is True
