@@ -7,6 +7,8 @@ are never touched.
 
 from __future__ import annotations
 
+import csv
+import functools
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,11 +31,14 @@ BACKENDS = ["embedded", *(["external"] if EXTERNAL_URL else [])]
 
 
 GENERATED_USERS = 2_000
+SOURCES = ["generated", *(["real"] if SEEDS.is_dir() else [])]
 
 
-def require_seeds() -> None:
-    if not SEEDS.is_dir():
-        pytest.skip(f"real StreamFlow exports not found at {SEEDS}")
+@functools.cache
+def read_csv(path: Path) -> tuple[dict[str, str], ...]:
+    """A month file's rows as exported (strings), read once per session."""
+    with path.open(newline="") as f:
+        return tuple(csv.DictReader(f))
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,33 @@ class Months:
     def feb(self) -> Path:
         return self.folders["2024-02-29"]
 
+    def rows(self, as_of: str, name: str) -> tuple[dict[str, str], ...]:
+        return read_csv(self.folders[as_of] / f"{name}.csv")
+
+    def users(self, as_of: str) -> int:
+        return len(self.rows(as_of, "users"))
+
+    def positives(self, as_of: str) -> int:
+        return sum(r["churn_label"] == "True" for r in self.rows(as_of, "labels"))
+
+    @property
+    def user(self) -> str:
+        """The first January user with internet still there in February, watching differently then."""
+        online = {r["user_id"] for r in self.rows("2024-01-31", "subscriptions") if r["net_service"] != "No"}
+        feb = {r["user_id"]: r["watch_hours_30d"] for r in self.rows("2024-02-29", "usage_agg_30d")}
+        return next(
+            r["user_id"]
+            for r in self.rows("2024-01-31", "usage_agg_30d")
+            if r["user_id"] in online and feb.get(r["user_id"], r["watch_hours_30d"]) != r["watch_hours_30d"]
+        )
+
+    @property
+    def no_internet_user(self) -> str:
+        """The first January user without internet (blank plan_stream_* in the export)."""
+        return next(
+            r["user_id"] for r in self.rows("2024-01-31", "subscriptions") if r["net_service"] == "No"
+        )
+
 
 @pytest.fixture(scope="session")
 def generated_months(tmp_path_factory: pytest.TempPathFactory) -> Months:
@@ -60,7 +92,7 @@ def generated_months(tmp_path_factory: pytest.TempPathFactory) -> Months:
     return Months("generated", {as_of.isoformat(): folder for folder, as_of in written})
 
 
-@pytest.fixture(scope="session", params=["generated", *(["real"] if SEEDS.is_dir() else [])])
+@pytest.fixture(scope="session", params=SOURCES)
 def months(request: pytest.FixtureRequest, generated_months: Months) -> Months:
     """Each source of months: the generated ones on every clone, the real exports in addition."""
     return generated_months if request.param == "generated" else Months("real", MONTHS)
@@ -116,25 +148,13 @@ def fresh_settings(request: pytest.FixtureRequest, settings_factory: Callable[[s
     return settings_factory(request.param)
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
-def ingested(request: pytest.FixtureRequest, settings_factory: Callable[[str], Settings]) -> Settings:
-    """A database holding both real months (read-only for tests: they must leave it as they found it)."""
-    from streamflow.data.ingest import ingest_month
-
-    require_seeds()
-    settings = settings_factory(request.param)
-    for as_of, folder in MONTHS.items():
-        ingest_month(folder, as_of, settings)
-    return settings
-
-
 @pytest.fixture(scope="session")
-def stack_settings(settings_factory: Callable[[str], Settings]) -> Settings:
-    """One embedded database with both real months, shared by the feature-store/training/serving tests."""
+def stack_settings(settings_factory: Callable[[str], Settings], months: Months) -> Settings:
+    """One embedded database with both months of each source, shared by the feature-store/training/serving
+    tests (read ``months`` beside it for what was ingested)."""
     from streamflow.data.ingest import ingest_month
 
-    require_seeds()
     settings = settings_factory("embedded")
-    for as_of, folder in MONTHS.items():
+    for as_of, folder in months.folders.items():
         ingest_month(folder, as_of, settings)
     return settings

@@ -9,8 +9,9 @@ each lands in ``screenshots/`` at the repository root (git-ignored) for a person
 
 Chromium resolves no host but 127.0.0.1: the pages must render from this machine alone.
 
-Needs Debian's ``chromium`` on PATH and the real exports (skipped otherwise). Takes a few minutes:
-it ingests two months and trains two models from nothing.
+Needs Debian's ``chromium`` on PATH (skipped otherwise). Builds on the real exports when ../shared has
+them, on generated months otherwise. Takes a few minutes: it ingests two months and trains two models
+from nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import httpx
 import pytest
 
 from streamflow.settings import Settings, get_settings
-from tests.conftest import SEEDS, require_seeds
+from tests.conftest import SEEDS
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +77,6 @@ def demo_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[S
     """
     from streamflow import db, orchestration
 
-    require_seeds()
     api_port, mlflow_port, prefect_port = _free_ports(3)
     for name in (
         "STREAMFLOW_DATABASE_URL",
@@ -268,7 +268,8 @@ def test_browser_shows_the_stack(demo_settings: Settings, tmp_path: Path) -> Non
 
     saved = dict(os.environ)  # run_demo exports its settings for its flows and servers: undo that after
     try:
-        result = run_demo(demo_settings, SEEDS, START, users=7043, fresh=False, serve=True, wait=while_up)
+        seeds = SEEDS if SEEDS.is_dir() else None  # None: the demo generates its months
+        result = run_demo(demo_settings, seeds, START, users=7043, fresh=False, serve=True, wait=while_up)
     finally:
         os.environ.clear()
         os.environ.update(saved)

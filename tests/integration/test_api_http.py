@@ -360,8 +360,3 @@ def test_a_feature_store_never_applied_is_a_setup_error_not_an_outage(
     for text in (features.text, ready.text):
         assert "SELECT" not in text and "UndefinedTable" not in text and "LINE 1" not in text
     assert "Traceback" not in log
-
-
-def test_the_default_limits() -> None:
-    s = Settings()
-    assert s.api_request_timeout_s <= 15 and s.api_max_body_bytes == 1 << 20

@@ -275,17 +275,6 @@ def test_endpoint_that_never_answers_times_out(s3_env: str, monkeypatch: pytest.
     assert "\n" not in str(caught.value)
 
 
-def test_a_folder_root_stays_the_default(tmp_path: Path) -> None:
-    assert Settings(state_dir=tmp_path).artifacts_root == (tmp_path / "mlartifacts").resolve().as_uri()
-    assert Settings(state_dir=tmp_path, artifacts_uri=str(tmp_path / "elsewhere")).artifacts_root == (
-        (tmp_path / "elsewhere").as_uri()
-    )
-    with pytest.raises(ValueError, match="names no bucket"):
-        Settings(artifacts_uri="s3:///prefix")
-    with pytest.raises(ValueError, match="must be a folder, file:// or s3://"):
-        Settings(artifacts_uri="gs://bucket/prefix")
-
-
 def test_compose_bucket_job_creates_the_settings_buckets_once(s3_env: str) -> None:
     """deploy/s3/create_buckets.py, the compose stack's s3-buckets job, against the same S3 server."""
     script = Path(__file__).resolve().parents[2] / "deploy" / "s3" / "create_buckets.py"

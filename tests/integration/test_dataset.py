@@ -13,11 +13,10 @@ from streamflow.features.config import feature_store
 from streamflow.features.definitions import feature_spec
 from streamflow.features.snapshots import NoSnapshotError
 from streamflow.settings import Settings
-from streamflow.training.dataset import TrainingSet, add_months, available_as_of, training_set
-from tests.conftest import MONTHS
+from streamflow.training.dataset import TrainingSet, available_as_of, training_set
+from tests.conftest import Months
 
 JAN, FEB = date(2024, 1, 31), date(2024, 2, 29)
-USER = "7590-VHVEG"
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +31,8 @@ def jan(stack_settings: Settings, store: FeatureStore) -> TrainingSet:
     return training_set(stack_settings, JAN, store=store)
 
 
-def csv_month(as_of: str) -> pd.DataFrame:
-    folder = MONTHS[as_of]
+def csv_month(months: Months, as_of: str) -> pd.DataFrame:
+    folder = months.folders[as_of]
     frames = [
         pd.read_csv(folder / f"{name}.csv", float_precision="round_trip")
         for name in ("subscriptions", "usage_agg_30d", "labels")
@@ -48,9 +47,10 @@ def test_available_as_of(stack_settings: Settings) -> None:
     assert available_as_of(stack_settings) == [JAN, FEB]
 
 
-def test_training_set_at_january(jan: TrainingSet) -> None:
+def test_training_set_at_january(jan: TrainingSet, months: Months) -> None:
     df = jan.frame
-    assert (jan.rows, jan.positives) == (7043, 1869)
+    rows, positives = months.users("2024-01-31"), months.positives("2024-01-31")
+    assert (jan.rows, jan.positives) == (rows, positives)
     assert list(df.columns) == ["user_id", "event_timestamp", *feature_spec().names, "churn_label"]
     assert df["user_id"].is_monotonic_increasing and df["user_id"].is_unique
     assert str(df["event_timestamp"].dtype) == "datetime64[ns, UTC]"
@@ -61,49 +61,53 @@ def test_training_set_at_january(jan: TrainingSet) -> None:
         "label_as_of": "2024-01-31",
         "label_horizon_months": 0,
         "service": "churn_v1",
-        "rows": 7043,
-        "positives": 1869,
+        "rows": rows,
+        "positives": positives,
         "features": list(feature_spec().names),
         "fingerprint": None,
         "revisions": {"2024-01-31": 1},  # the month read (no earlier month in the feature window)
     }
     # Every value is January's export: nothing from February leaked in.
-    want = csv_month("2024-01-31")
+    want = csv_month(months, "2024-01-31")
     assert df["user_id"].tolist() == want["user_id"].tolist()
     for column in ("watch_hours_30d", "monthly_fee", "months_active", "skips_7d"):
         assert df[column].astype(float).tolist() == want[column].astype(float).tolist(), column
     assert df["churn_label"].tolist() == want["churn_label"].astype(int).tolist()
-    row = df.set_index("user_id").loc[USER]
-    assert row["monthly_fee"] == 29.85 and row["watch_hours_30d"] == 24.483650766787413
 
 
-def test_training_set_at_february(stack_settings: Settings, store: FeatureStore) -> None:
+def test_training_set_at_february(stack_settings: Settings, store: FeatureStore, months: Months) -> None:
     feb = training_set(stack_settings, FEB, store=store)
-    assert (feb.rows, feb.positives) == (7043, 1701)
-    want = csv_month("2024-02-29")
+    assert (feb.rows, feb.positives) == (months.users("2024-02-29"), months.positives("2024-02-29"))
+    want = csv_month(months, "2024-02-29")
     assert feb.frame["watch_hours_30d"].tolist() == want["watch_hours_30d"].tolist()
 
 
 def test_label_horizon_takes_later_labels_and_keeps_features(
-    stack_settings: Settings, store: FeatureStore, jan: TrainingSet
+    stack_settings: Settings, store: FeatureStore, jan: TrainingSet, months: Months
 ) -> None:
     ahead = training_set(stack_settings, JAN, label_horizon=1, store=store)
-    assert (ahead.as_of, ahead.label_as_of, ahead.positives) == (JAN, FEB, 1701)
+    # January's users still there in February, with February's labels (churners have left).
+    feb = csv_month(months, "2024-02-29").set_index("user_id")["churn_label"]
+    stayed = jan.frame["user_id"].isin(feb.index)
+    assert (ahead.as_of, ahead.label_as_of) == (JAN, FEB)
+    assert ahead.frame["user_id"].tolist() == jan.frame["user_id"][stayed].tolist()
+    assert ahead.frame["churn_label"].tolist() == feb[ahead.frame["user_id"]].astype(int).tolist()
+    assert ahead.positives == ahead.frame["churn_label"].sum() > 0
     features = list(feature_spec().names)
-    pd.testing.assert_frame_equal(ahead.frame[features], jan.frame[features])
+    pd.testing.assert_frame_equal(ahead.frame[features], jan.frame[features][stayed].reset_index(drop=True))
     assert ahead.fingerprint != jan.fingerprint
     with pytest.raises(NoSnapshotError, match=r"no labels at 2024-03-31"):
         training_set(stack_settings, FEB, label_horizon=1, store=store)
 
 
-def test_point_in_time_correctness(store: FeatureStore) -> None:
+def test_point_in_time_correctness(store: FeatureStore, months: Months) -> None:
     """A row at 2024-02-15 sees January's snapshot, never February's (dated after the row)."""
-    jan_hours = csv_month("2024-01-31").set_index("user_id").loc[USER, "watch_hours_30d"]
-    feb_hours = csv_month("2024-02-29").set_index("user_id").loc[USER, "watch_hours_30d"]
+    jan_hours = csv_month(months, "2024-01-31").set_index("user_id").loc[months.user, "watch_hours_30d"]
+    feb_hours = csv_month(months, "2024-02-29").set_index("user_id").loc[months.user, "watch_hours_30d"]
     assert jan_hours != feb_hours
     entity_df = pd.DataFrame(
         {
-            "user_id": [USER] * 4,
+            "user_id": [months.user] * 4,
             "event_timestamp": pd.to_datetime(
                 ["2024-01-30", "2024-01-31", "2024-02-15", "2024-02-29"], utc=True
             ),
@@ -132,18 +136,3 @@ def test_unknown_as_of_lists_what_exists(stack_settings: Settings, store: Featur
         training_set(stack_settings, JAN, service="nope", store=store)
     with pytest.raises(ValueError, match="label_horizon"):
         training_set(stack_settings, JAN, label_horizon=-1, store=store)
-
-
-@pytest.mark.parametrize(
-    ("start", "months", "want"),
-    [
-        (date(2024, 1, 31), 1, date(2024, 2, 29)),
-        (date(2024, 2, 29), 1, date(2024, 3, 31)),
-        (date(2024, 2, 29), 12, date(2025, 2, 28)),
-        (date(2024, 1, 15), 1, date(2024, 2, 15)),
-        (date(2024, 11, 30), 2, date(2025, 1, 31)),
-        (date(2024, 3, 31), 0, date(2024, 3, 31)),
-    ],
-)
-def test_add_months_keeps_month_ends(start: date, months: int, want: date) -> None:
-    assert add_months(start, months) == want

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from streamflow import settings as settings_module
-from tests.conftest import MONTHS
 from tests.integration.conftest import TrainedStack
 
 
@@ -36,22 +36,45 @@ def env_settings(trained: TrainedStack, monkeypatch: pytest.MonkeyPatch) -> Iter
     settings_module.get_settings.cache_clear()
 
 
-def test_monthly_pipeline_runs_every_stage(prefect_server: None, env_settings: TrainedStack) -> None:
+@pytest.mark.parametrize("decision", ["promoted", "rejected"])
+def test_monthly_pipeline_runs_every_stage(
+    prefect_server: None, env_settings: TrainedStack, monkeypatch: pytest.MonkeyPatch, decision: str
+) -> None:
+    """The inputs decide the gate: an alias of the test's own that no version holds yet (promoted), or
+    one the baseline holds with a margin no candidate can reach (rejected)."""
     import mlflow
     from prefect.client.orchestration import get_client
 
     from streamflow.flows import monthly_pipeline
     from streamflow.training.tracking import use_mlflow
 
-    result = monthly_pipeline(
-        str(MONTHS["2024-02-29"]), "2024-02-29", model_type="logreg", feature_service="churn_v2"
-    )
-
-    assert result["ingested"] == dict.fromkeys(result["ingested"], 7043) and len(result["ingested"]) == 6
+    alias = f"flows_{decision}_{uuid.uuid4().hex[:8]}"  # not @production: the registry tests own that one
+    monkeypatch.setenv("STREAMFLOW_PRODUCTION_ALIAS", alias)
     use_mlflow(env_settings.settings)
-    mv = mlflow.MlflowClient().get_model_version(env_settings.settings.model_name, str(result["candidate"]))
-    assert mv.tags["as_of"] == "2024-02-29" and mv.tags["gate_decision"] in ("promoted", "rejected")
+    client = mlflow.MlflowClient()
+    name = env_settings.settings.model_name
+    if decision == "rejected":
+        monkeypatch.setenv("STREAMFLOW_PROMOTION_MARGIN", "1.0")
+        client.set_registered_model_alias(name, alias, str(env_settings.baseline.version))
+    settings_module.get_settings.cache_clear()
+    try:
+        result = monthly_pipeline(
+            str(env_settings.months.feb), "2024-02-29", model_type="logreg", feature_service="churn_v2"
+        )
+        holder = int(client.get_model_version_by_alias(name, alias).version)
+    finally:
+        client.delete_registered_model_alias(name, alias)
+
+    users = env_settings.months.users("2024-02-29")
+    assert result["ingested"] == dict.fromkeys(result["ingested"], users) and len(result["ingested"]) == 6
+    mv = client.get_model_version(name, str(result["candidate"]))
+    assert mv.tags["as_of"] == "2024-02-29" and mv.tags["gate_decision"] == decision
     assert result["reason"] == mv.tags["gate_reason"]
+    if decision == "promoted":
+        assert result["reason"] == "no production version yet" and holder == result["candidate"]
+    else:
+        assert result["reason"].startswith("candidate ") and "does not beat production" in result["reason"]
+        assert holder == env_settings.baseline.version
 
     async def flow_runs() -> list:
         async with get_client() as client:
@@ -59,16 +82,3 @@ def test_monthly_pipeline_runs_every_stage(prefect_server: None, env_settings: T
 
     runs = asyncio.run(flow_runs())
     assert any(r.name and r.state and r.state.is_completed() for r in runs)
-
-
-def test_contract_violations_are_not_retried(tmp_path) -> None:
-    """Retrying cannot fix bad data: the retry condition says no for ContractError only."""
-    from prefect.states import Failed
-
-    from streamflow.data.validate import ContractError, Violation
-    from streamflow.flows import _retry_unless_bad_data
-
-    bad = Failed(data=ContractError(tmp_path, [Violation("labels.csv", "file is missing")]))
-    flaky = Failed(data=ConnectionError("server closed the connection"))
-    assert _retry_unless_bad_data(None, None, bad) is False
-    assert _retry_unless_bad_data(None, None, flaky) is True

@@ -55,7 +55,9 @@ def test_close_writes_everything_still_buffered(stack_settings: Settings) -> Non
     assert {r[3] for r in rows} == {f"USER-{i:05d}" for i in range(2500)}
 
 
-def test_unreachable_database_keeps_the_buffer_bounded_and_counts_drops() -> None:
+def test_unreachable_database_keeps_the_buffer_bounded_and_counts_drops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -71,7 +73,10 @@ def test_unreachable_database_keeps_the_buffer_bounded_and_counts_drops() -> Non
         started = time.perf_counter()
         plog.extend(_entry("unreachable", i) for i in range(250))
         appended = time.perf_counter() - started
-        await asyncio.sleep(0.5)  # the writer fails and retries meanwhile
+        deadline = time.monotonic() + 10
+        while not any("cannot write to PostgreSQL" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the writer never tried the database"
+            await asyncio.sleep(0.01)  # the writer's turn: it fails, warns once and keeps the buffer
         pending, dropped = plog.pending, plog.dropped
         started = time.perf_counter()
         await plog.close()
@@ -155,10 +160,12 @@ def test_api_logs_every_prediction_and_loses_none_on_shutdown(trained: TrainedSt
         for c in clients:
             c.close()
         with httpx.Client(base_url=url, timeout=10) as c:
-            deadline = time.monotonic() + 15
-            while _metric(c.get("/metrics").text, "streamflow_drift_share") != pytest.approx(0.4242):
-                assert time.monotonic() < deadline, "drift gauge not updated"
-                time.sleep(0.2)
+            wait_for(
+                "the drift gauge follows the report",
+                lambda: _metric(c.get("/metrics").text, "streamflow_drift_share") == pytest.approx(0.4242),
+                15,
+                interval=0.2,
+            )
             metrics = c.get("/metrics").text
         process.send_signal(signal.SIGINT)  # graceful: in-flight requests finish, then the lifespan flushes
         assert process.wait(timeout=60) == 0

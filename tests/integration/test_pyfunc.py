@@ -3,7 +3,6 @@ online store returns, and the version's sha256 tags are the hashes of the files 
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -24,7 +23,6 @@ from streamflow.training import pyfunc
 from streamflow.training.artifacts import sha256
 from streamflow.training.tracking import tracking_uri, use_mlflow
 from streamflow.training.train import SHA256_TAGS
-from tests.conftest import MONTHS
 from tests.integration.conftest import JAN, TrainedStack
 
 ROWS = 300
@@ -37,8 +35,7 @@ def online_rows(trained: TrainedStack) -> pd.DataFrame:
     settings = trained.settings
     if last_materialization(settings) is None:
         materialize(settings, JAN)
-    with open(MONTHS["2024-01-31"] / "users.csv", newline="") as fh:
-        users = [row["user_id"] for _, row in zip(range(ROWS), csv.DictReader(fh), strict=False)]
+    users = [row["user_id"] for row in trained.months.rows("2024-01-31", "users")[:ROWS]]
     store = feature_store(settings)
     response = store.get_online_features(
         features=store.get_feature_service("churn_v2"), entity_rows=[{"user_id": u} for u in users]

@@ -30,7 +30,9 @@ def test_run_records_params_metrics_artifacts_and_lineage(
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
     assert params["as_of"] == "2024-01-31" and params["label_as_of"] == "2024-01-31"
     assert params["label_horizon"] == "0" and params["model_type"] == "baseline" and params["seed"] == "42"
-    assert params["feature_service"] == "churn_v1" and params["rows"] == "7043"
+    assert params["feature_service"] == "churn_v1" and params["rows"] == str(
+        trained.months.users("2024-01-31")
+    )
     for name in ("roc_auc", "pr_auc", "f1", "precision", "recall", "accuracy", "train_time_seconds"):
         assert name in metrics, name
     assert len(tags["data_fingerprint"]) == 64 and tags["git_commit"]
@@ -57,10 +59,15 @@ def test_run_records_params_metrics_artifacts_and_lineage(
     assert [i.dataset.digest for i in run.inputs.dataset_inputs] == [tags["data_fingerprint"][:36]]
 
 
+# Hold-out ROC-AUC floors (baseline, candidate). Real: misaligned labels (month_001's on month_000's
+# features) land near 0.62. Generated: lower floors, as 2,000 users give a weaker fit than 7,043.
+SIGNAL_FLOORS = {"real": (0.78, 0.84), "generated": (0.76, 0.79)}
+
+
 def test_month_aligned_labels_give_the_baseline_real_signal(trained: TrainedStack) -> None:
-    # Misaligned labels (month_001's on month_000's features) land near 0.62.
-    assert trained.baseline.metrics["roc_auc"] > 0.78
-    assert trained.candidate.metrics["roc_auc"] > 0.84
+    baseline, candidate = SIGNAL_FLOORS[trained.months.source]
+    assert trained.baseline.metrics["roc_auc"] > baseline
+    assert trained.candidate.metrics["roc_auc"] > candidate
 
 
 def test_same_as_of_and_seed_reproduce_metrics_and_fingerprint(trained: TrainedStack) -> None:

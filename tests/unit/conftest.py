@@ -19,12 +19,11 @@ import pytest
 from streamflow.data.generate import generate_months
 from streamflow.features.definitions import feature_spec
 from streamflow.training.models import FittedModel, fit_model, holdout_mask
-from tests.conftest import SEEDS, require_seeds
+from tests.conftest import SEEDS, SOURCES
 
 FEATURE_FILES = ("users", "subscriptions", "usage_agg_30d", "payments_agg_90d", "support_agg_90d")
 SEED = 0
 GENERATED_USERS = 7_043  # the real months' size
-SOURCES = ["generated", "real"]
 
 
 def read_month(folder: Path | str, labels_folder: Path | str | None = None) -> pd.DataFrame:
@@ -57,21 +56,16 @@ def generated_months(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return [folder for folder, _ in generate_months(out, GENERATED_USERS, 2, seed=11)]
 
 
-def real_months() -> list[Path]:
-    require_seeds()
-    return [SEEDS / "month_000", SEEDS / "month_001"]
-
-
 @pytest.fixture(scope="session", params=SOURCES)
 def source(request: pytest.FixtureRequest) -> str:
-    if request.param == "real":
-        require_seeds()
     return request.param
 
 
 @pytest.fixture(scope="session")
 def months(source: str, request: pytest.FixtureRequest) -> list[Path]:
-    return request.getfixturevalue("generated_months") if source == "generated" else real_months()
+    if source == "generated":
+        return request.getfixturevalue("generated_months")
+    return [SEEDS / "month_000", SEEDS / "month_001"]
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,7 +30,7 @@ from streamflow.training.models import (
     to_model_input,
 )
 from streamflow.training.train import fit_and_convert
-from tests.unit.conftest import SEED, fit, read_month, real_months
+from tests.unit.conftest import SEED, fit, read_month
 
 METRICS = {"roc_auc", "pr_auc", "f1", "precision", "recall", "accuracy"}
 
@@ -337,17 +338,22 @@ def test_model_size_is_bounded_as_rows_grow(model_type: str, growing: dict[int, 
     assert sizes[80_000] <= 1.1 * sizes[20_000], sizes
 
 
-def test_baseline_stays_in_the_course_band_on_the_real_months() -> None:
-    """The seed's comparison: the course forest trained and evaluated at 2024-01-31 (hold-out ROC-AUC
-    ~0.83 with aligned labels, ~0.62 with February's labels). Bounded: 0.8326 and 0.6310 (full-depth
-    trees: 0.8297 and 0.6181), seed 42 as train_model uses."""
-    jan, feb = real_months()
+# Hold-out ROC-AUC bands of the course forest, seed 42 as train_model uses, with aligned labels and
+# with the next month's. Real: 0.8326 and 0.6310, the seed's comparison (full-depth trees: 0.8297
+# and 0.6181). Generated: 0.8120 and 0.8146 (its churn is drawn from the features every month, so the
+# next month's labels are as predictable).
+COURSE_BANDS = {"real": ((0.815, 0.845), (0.60, 0.645)), "generated": ((0.80, 0.83), (0.80, 0.83))}
+
+
+def test_baseline_stays_in_the_course_band(months: list[Path], source: str) -> None:
+    jan, feb = months
     spec = feature_spec("churn_v1")
     settings = Settings()
     aligned = fit_and_convert(read_month(jan), spec, "baseline", 42, settings).metrics["roc_auc"]
     horizon1 = fit_and_convert(read_month(jan, feb), spec, "baseline", 42, settings).metrics["roc_auc"]
-    assert 0.815 <= aligned <= 0.845, aligned
-    assert 0.60 <= horizon1 <= 0.645, horizon1
+    (low, high), (low1, high1) = COURSE_BANDS[source]
+    assert low <= aligned <= high, aligned
+    assert low1 <= horizon1 <= high1, horizon1
 
 
 def test_fit_model_rejects_bad_input(train_frame: pd.DataFrame) -> None:

@@ -30,7 +30,7 @@ from streamflow.data.validate import (
     open_month,
     validate_month,
 )
-from tests.conftest import MONTHS
+from tests.conftest import MONTHS, SOURCES
 
 JAN = "2024-01-31"
 SMALL_BLOCK = 2048  # a few dozen rows: every file spans many blocks
@@ -48,15 +48,10 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(params=["generated", "real"])
+@pytest.fixture(params=SOURCES)
 def source(request: pytest.FixtureRequest, generated: Path) -> Path:
     """The generated month, and the real month_000 when ../shared has it."""
-    if request.param == "generated":
-        return generated
-    real = MONTHS[JAN]
-    if not real.is_dir():
-        pytest.skip(f"real exports not found at {real}")
-    return real
+    return generated if request.param == "generated" else MONTHS[JAN]
 
 
 @pytest.fixture

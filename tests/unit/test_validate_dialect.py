@@ -19,7 +19,7 @@ from streamflow.data import csv_dialect
 from streamflow.data.contracts import CONTRACTS
 from streamflow.data.generate import generate_months
 from streamflow.data.validate import ContractError, open_month
-from tests.conftest import MONTHS
+from tests.conftest import MONTHS, SOURCES
 
 JAN = "2024-01-31"
 
@@ -31,13 +31,10 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(params=["generated", "real"])
+@pytest.fixture(params=SOURCES)
 def plain(request: pytest.FixtureRequest, generated: Path) -> Path:
-    if request.param == "generated":
-        return generated
-    if not MONTHS[JAN].is_dir():
-        pytest.skip(f"real exports not found at {MONTHS[JAN]}")
-    return MONTHS[JAN]
+    """The generated month, and the real month_000 when ../shared has it."""
+    return generated if request.param == "generated" else MONTHS[JAN]
 
 
 def rewrite_all(transform: Callable[[bytes], bytes]) -> Callable[[Path], None]:
