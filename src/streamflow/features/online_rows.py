@@ -305,6 +305,14 @@ def _timestamp_field(column: pa.Array) -> pa.Array:
     return _field(pc.if_else(pa.array(valid), data, pa.scalar(None, pa.large_binary())))
 
 
+@dataclass(frozen=True)
+class CopyChunk:
+    """The online rows of a batch of entities, as binary COPY tuples (:meth:`OnlineRows.encode`)."""
+
+    entities: int  # entity rows of the batch
+    data: memoryview  # their online rows (entities x features), entity by entity
+
+
 class OnlineRows:
     """Converts batches of a view's offline rows (join key, features, event time) into Feast's online rows."""
 
@@ -360,3 +368,7 @@ class OnlineRows:
         offsets = np.frombuffer(entities.buffers()[1], dtype=np.int64)
         start, end = offsets[entities.offset], offsets[entities.offset + n]
         return memoryview(entities.buffers()[2])[start:end]
+
+    def encode(self, batch: pa.RecordBatch | pa.Table) -> CopyChunk:
+        """:meth:`copy_data` of ``batch`` with its entity count."""
+        return CopyChunk(batch.num_rows, self.copy_data(batch))

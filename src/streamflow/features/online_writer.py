@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-import pyarrow as pa
 from feast import FeatureStore, FeatureView, RepoConfig
 from feast.infra.online_stores.helpers import compute_table_id
 from feast.infra.online_stores.postgres_online_store.postgres import PostgreSQLOnlineStoreConfig
@@ -48,7 +47,7 @@ from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
 from streamflow.features.config import ONLINE_CHANNEL, ONLINE_TRIGGER
-from streamflow.features.online_rows import COPY_HEADER, COPY_TRAILER, OnlineRows, OnlineTable
+from streamflow.features.online_rows import COPY_HEADER, COPY_TRAILER, CopyChunk, OnlineRows, OnlineTable
 
 log = logging.getLogger(__name__)
 
@@ -237,26 +236,26 @@ class _Phases:
 def _copy_rows(
     conn: psycopg.Connection,
     table: sql.Composable,
-    encoder: OnlineRows,
-    batches: Iterable[pa.RecordBatch],
+    columns: list[str],
+    chunks: Iterable[CopyChunk],
     advance: Callable[[int], None],
-) -> tuple[int, int]:
-    """COPY Feast's online rows of ``batches`` (binary) into a table created in this transaction
-    (frozen: no hint bits to set later). Returns (entity rows, online rows)."""
-    columns = sql.SQL(", ").join(map(sql.Identifier, encoder.table.columns))
-    statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT binary, FREEZE)").format(table, columns)
+) -> int:
+    """COPY Feast's online rows (binary) into a table created in this transaction (frozen: no hint
+    bits to set later). Returns the entity rows written."""
+    names = sql.SQL(", ").join(map(sql.Identifier, columns))
+    statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT binary, FREEZE)").format(table, names)
     conn.execute("SET LOCAL client_encoding = 'UTF8'")  # binary text fields are sent as UTF-8
     entities = 0
     cur = conn.cursor()
-    # The queued writer sends on a thread of its own while this one reads and encodes the next batch.
+    # The queued writer sends on a thread of its own while this one takes the next chunk.
     with cur.copy(statement, writer=QueuedLibpqWriter(cur)) as copy:
         copy.write(COPY_HEADER)
-        for batch in batches:
-            copy.write(encoder.copy_data(batch))
-            entities += batch.num_rows
-            advance(batch.num_rows)
+        for chunk in chunks:
+            copy.write(chunk.data)
+            entities += chunk.entities
+            advance(chunk.entities)
         copy.write(COPY_TRAILER)
-    return entities, entities * len(encoder.features)
+    return entities
 
 
 def _carry_over(
@@ -362,13 +361,14 @@ def build(
     conn: psycopg.Connection,
     schema: str,
     encoder: OnlineRows,
-    batches: Iterable[pa.RecordBatch],
+    chunks: Iterable[CopyChunk],
     advance: Callable[[int], None] = lambda n: None,
     status: Callable[[str], None] = lambda s: None,
 ) -> tuple[Replacement | None, int]:
     """Build the complete new online table of one view in the caller's transaction: what the current
-    table would hold after Feast wrote ``batches`` into it. Returns (the replacement, or None when
-    ``batches`` hold no row and the table stays as it is; entity rows written)."""
+    table would hold after Feast wrote the rows of ``chunks`` (``encoder.encode`` of its batches) into it.
+    Returns (the replacement, or None when ``chunks`` hold no row and the table stays as it is; entity
+    rows written)."""
     table = encoder.table
     current = sql.Identifier(schema, table.name)
     phase = _Phases(status)
@@ -379,7 +379,8 @@ def build(
     new = sql.Identifier(schema, new_name)
     conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL EXCLUDING INDEXES)").format(new, current))
     phase("writing")
-    entities, online = _copy_rows(conn, new, encoder, batches, advance)
+    entities = _copy_rows(conn, new, table.columns, chunks, advance)
+    online = entities * len(encoder.features)
     if entities == 0:
         conn.execute(sql.SQL("DROP TABLE {}").format(new))
         return None, 0
