@@ -32,8 +32,9 @@ from streamflow.features.config import PROJECT, feature_store, online_store_id
 from streamflow.features.definitions import FEATURE_VIEWS
 from streamflow.features.historical import pinned_view
 from streamflow.features.offline_store import pull_latest
-from streamflow.features.online_rows import OnlineRows
+from streamflow.features.online_rows import CopyChunk, OnlineRows
 from streamflow.features.online_writer import build, bulk_supported, online_schema, online_tables, swap
+from streamflow.features.read_ahead import ReadAhead
 from streamflow.features.snapshots import NoSnapshotError, snapshot_dates, snapshot_tables
 from streamflow.migrations import migrate
 from streamflow.settings import Settings
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 _LOCK_KEY = 0x5F_4D_41_54  # serialises materializations
 BATCH_ROWS = 65_536  # entity rows per batch read from the offline store and written online
+READ_AHEAD_BATCHES = 2  # encoded batches held ahead of the writer (~50 MB each for 8 features)
 
 
 @dataclass(frozen=True)
@@ -293,35 +295,45 @@ def _materialize_postgres(
     schema = online_schema(store.config)
     version = store.config.entity_key_serialization_version
     users = _Users()
+    encoders = [OnlineRows(fv, targets[fv.name], version) for fv in views]
+
+    def encoded(fv: FeatureView, encoder: OnlineRows) -> Iterator[CopyChunk]:
+        source = pinned_view(copy.copy(fv), plan.pins)  # pinned months read from their revision tables
+        with contextlib.closing(
+            pull_latest(store, source, plan.window_start, plan.window_end, BATCH_ROWS)
+        ) as batches:
+            for batch in users.watch(batches, encoder.join_key):
+                yield encoder.encode(batch)
+
     replacements = []
     rows = online = 0
-    for fv in views:
-        encoder = OnlineRows(fv, targets[fv.name], version)
-        task = progress.add_task(fv.name, total=None, phase="reading")
-        source = pinned_view(copy.copy(fv), plan.pins)  # pinned months read from their revision tables
-        batches = users.watch(
-            pull_latest(store, source, plan.window_start, plan.window_end, BATCH_ROWS), encoder.join_key
-        )
-        replacement, written = build(
-            conn,
-            schema,
-            encoder,
-            batches,
-            advance=lambda n, task=task: progress.advance(task, n),
-            status=lambda s, task=task: progress.update(task, phase=s),
-        )
-        progress.update(task, phase="built" if replacement else "no rows", total=written, completed=written)
-        rows += written
-        if replacement is not None:
-            replacements.append(replacement)
-            online += replacement.rows
-            log.info(
-                "%s: %d online rows written, %d carried over; seconds %s",
-                fv.name,
-                replacement.rows,
-                replacement.carried,
-                replacement.seconds,
+    # The next view is read and encoded while PostgreSQL indexes the one before.
+    sources = [lambda fv=fv, e=e: encoded(fv, e) for fv, e in zip(views, encoders, strict=True)]
+    with ReadAhead(sources, READ_AHEAD_BATCHES) as ahead:
+        for k, (fv, encoder) in enumerate(zip(views, encoders, strict=True)):
+            task = progress.add_task(fv.name, total=None, phase="reading")
+            replacement, written = build(
+                conn,
+                schema,
+                encoder,
+                ahead.items(k),
+                advance=lambda n, task=task: progress.advance(task, n),
+                status=lambda s, task=task: progress.update(task, phase=s),
             )
+            progress.update(
+                task, phase="built" if replacement else "no rows", total=written, completed=written
+            )
+            rows += written
+            if replacement is not None:
+                replacements.append(replacement)
+                online += replacement.rows
+                log.info(
+                    "%s: %d online rows written, %d carried over; seconds %s",
+                    fv.name,
+                    replacement.rows,
+                    replacement.carried,
+                    replacement.seconds,
+                )
     task = progress.add_task("swap", total=None, phase=f"{len(replacements)} tables")
     attempts = swap(conn, replacements)
     progress.update(task, phase=f"{len(replacements)} tables, {attempts} attempt(s)")

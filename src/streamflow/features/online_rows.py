@@ -2,21 +2,28 @@
 
 Feast's ``online_write_batch`` stores one row per (entity, feature): the serialized entity key, the
 feature name, the ValueProto's bytes, its ``value_text`` (and ``value_num`` when the table has that
-column), a NULL ``vector_value``, the event time and the created time. :class:`OnlineRows` computes
-exactly those values with Feast's own encoders (``python_values_to_proto_values``,
-``extract_text_and_num``, ``serialize_entity_key``), each applied once per distinct value instead of
-once per row, and returns them as Arrow columns of text ready for ``COPY ... (FORMAT csv)``: bytea as
-``\\x`` hex, times as ISO 8601 in UTC.
+column), a NULL ``vector_value``, the event time and the created time. :meth:`OnlineRows.copy_data`
+computes exactly those values and returns them as the tuples of a PostgreSQL binary ``COPY``
+(between :data:`COPY_HEADER` and :data:`COPY_TRAILER`), built with Arrow and numpy over whole
+columns, no Python call per row.
 
-Entity keys of a single string join key are built without a Python call per entity: Feast's
-serialization is a fixed prefix, the value's UTF-8 length and its bytes; the prefix is taken from
-``serialize_entity_key`` itself and checked against it on sample values (any other key falls back to
-``serialize_entity_key`` per entity).
+The ValueProto of Feast's scalar types is a one-field protobuf message: a tag byte, then a varint
+(int64, bool, a string's length) or 8 little-endian bytes (double); a missing value is the empty
+message. Columns of the Arrow types the offline store returns for Feast's INT64, DOUBLE, BOOL and
+STRING features are encoded that way (tests compare them with Feast's own encoders on edge values);
+any other column falls back to Feast's encoders (``python_values_to_proto_values``,
+``extract_text_and_num``), applied once per distinct value. ``value_text`` of a double is Python's
+``str`` of the float, also computed once per distinct value.
+
+Entity keys of a single string join key are Feast's fixed prefix, the value's UTF-8 length and its
+bytes; the prefix is taken from ``serialize_entity_key`` itself and checked against it on sample
+values (any other key falls back to ``serialize_entity_key`` per distinct entity).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +36,14 @@ from feast.infra.online_stores.helpers import extract_text_and_num
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.type_map import python_values_to_proto_values
 
-_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+# PostgreSQL binary COPY framing (https://www.postgresql.org/docs/current/sql-copy.html).
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header extension length
+COPY_TRAILER = b"\xff\xff"
+_NULL_FIELD = b"\xff\xff\xff\xff"
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 UTC, the origin of PostgreSQL's binary timestamps
+_EMPTY = pa.scalar(b"", pa.large_binary())
+# ValueProto field tags: (field number << 3) | wire type
+_TAG_INT64, _TAG_DOUBLE, _TAG_BOOL, _TAG_STRING = 0x20, 0x29, 0x38, 0x12
 
 
 @dataclass(frozen=True)
@@ -42,7 +56,7 @@ class OnlineTable:
 
     @property
     def columns(self) -> list[str]:
-        """Feast's columns, in the order Feast writes them."""
+        """Feast's columns, in the order Feast writes them (and :meth:`OnlineRows.copy_data` sends them)."""
         return [
             "entity_key",
             "feature_name",
@@ -53,6 +67,14 @@ class OnlineTable:
             "event_ts",
             "created_ts",
         ]
+
+    @property
+    def column_types(self) -> dict[str, str]:
+        """The PostgreSQL type of each column (``format_type``), which the binary encoding assumes."""
+        types = {"entity_key": "bytea", "feature_name": "text", "value": "bytea", "value_text": "text"}
+        types |= {"value_num": "double precision"} if self.value_num else {}
+        ts = "timestamp with time zone"
+        return types | {"vector_value": "bytea", "event_ts": ts, "created_ts": ts}
 
 
 def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,36 +97,75 @@ def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes, uniques
 
 
-def _hex_bytes(data: np.ndarray) -> np.ndarray:
-    """Lower-case hex digits of a uint8 array (two per byte)."""
-    out = np.empty(data.size * 2, dtype=np.uint8)
-    out[0::2] = _HEX[data >> 4]
-    out[1::2] = _HEX[data & 0x0F]
-    return out
+# --------------------------------------------------------------------------- byte arrays
 
 
-def _strings(lengths: np.ndarray, data: np.ndarray) -> pa.Array:
+def _binary(lengths: np.ndarray, data: np.ndarray) -> pa.LargeBinaryArray:
+    """The byte strings of ``lengths`` laid end to end in ``data``."""
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    return pa.LargeStringArray.from_buffers(len(lengths), pa.py_buffer(offsets), pa.py_buffer(data))
+    return pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
 
 
-def _utf8_hex(values: pa.Array) -> tuple[np.ndarray, pa.Array]:
-    """(UTF-8 byte length of each string, hex of its bytes), vectorised over the Arrow buffers."""
-    values = values.cast(pa.large_string())
-    if values.null_count:
-        raise ValueError("an entity key value is null")
+def _fixed(matrix: np.ndarray) -> pa.LargeBinaryArray:
+    """Each row of a 2-D uint8 array as one byte string."""
+    n, width = matrix.shape
+    return _binary(np.full(n, width, dtype=np.int64), np.ascontiguousarray(matrix).ravel())
+
+
+def _bytes_of(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(byte length of each value, their bytes end to end) of a string or binary array without nulls."""
+    values = values.cast(pa.large_binary())
     offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[
         values.offset : values.offset + len(values) + 1
     ]
     buffer = values.buffers()[2]
     data = np.frombuffer(buffer, dtype=np.uint8) if buffer is not None else np.empty(0, dtype=np.uint8)
-    lengths = np.diff(offsets)
-    return lengths, _strings(lengths * 2, _hex_bytes(data[offsets[0] : offsets[-1]]))
+    return np.diff(offsets), data[offsets[0] : offsets[-1]]
+
+
+def _varints(values: np.ndarray) -> pa.LargeBinaryArray:
+    """Protobuf varints of int64 values (negative ones as their 64-bit two's complement, 10 bytes)."""
+    u = values.astype(np.int64).view(np.uint64)
+    shifted = [u >> np.uint64(7 * i) for i in range(10)]
+    groups = np.stack([(s & np.uint64(0x7F)).astype(np.uint8) for s in shifted], axis=1)
+    lengths = 1 + sum((s != 0).astype(np.int64) for s in shifted[1:])
+    groups[np.arange(10) < (lengths - 1)[:, None]] |= 0x80  # continuation bit on all but the last
+    return _binary(lengths, groups[np.arange(10) < lengths[:, None]])
+
+
+def _join(*parts: pa.Array | pa.Scalar) -> pa.Array:
+    return pc.binary_join_element_wise(*parts, _EMPTY)
+
+
+def _field(values: pa.Array) -> pa.Array:
+    """Binary COPY fields of byte strings: a big-endian int32 length and the bytes; NULL is length -1."""
+    lengths = pc.binary_length(values).to_numpy(zero_copy_only=False)
+    lengths = np.where(np.isnan(lengths), -1, lengths) if lengths.dtype.kind == "f" else lengths
+    prefix = _fixed(lengths.astype(">i4").view(np.uint8).reshape(-1, 4))
+    return _join(prefix, pc.fill_null(values, _EMPTY))
+
+
+def _float8_field(values: np.ndarray, valid: np.ndarray) -> pa.Array:
+    """Binary COPY fields of double precision values (``valid`` False: NULL)."""
+    body = _fixed(np.ascontiguousarray(values, dtype=">f8").view(np.uint8).reshape(-1, 8))
+    return _field(pc.if_else(pa.array(valid), body, pa.scalar(None, pa.large_binary())))
+
+
+def _constant_field(value: bytes | None) -> pa.Scalar:
+    """The binary COPY field of one value, for every row (``_join`` broadcasts it)."""
+    return pa.scalar(
+        _NULL_FIELD if value is None else struct.pack(">i", len(value)) + value, pa.large_binary()
+    )
+
+
+# --------------------------------------------------------------------------- entity keys
 
 
 class EntityKeys:
-    """Feast's serialized entity keys of one join key, as bytea hex literals."""
+    """Feast's serialized entity keys of one join key."""
 
     def __init__(self, join_key: str, value_type: ValueType, version: int) -> None:
         self.join_key, self.value_type, self.version = join_key, value_type, version
@@ -128,27 +189,128 @@ class EntityKeys:
             for p in protos
         ]
 
-    def hex(self, values: pa.Array) -> pa.Array:
+    def serialized(self, values: pa.Array) -> pa.Array:
+        """``serialize_entity_key`` of each value, as a large_binary array."""
+        if values.null_count:
+            raise ValueError("an entity key value is null")
         if self._prefix is None:  # Feast's function, once per distinct value
             codes, distinct = _distinct(values.to_numpy(zero_copy_only=False))
-            keys = pa.array(["\\x" + k.hex() for k in self._feast(list(distinct))], type=pa.large_string())
-            return keys.take(pa.array(codes))
-        lengths, body = _utf8_hex(values)
-        length_hex = _strings(np.full(len(lengths), 8), _hex_bytes(lengths.astype("<u4").view(np.uint8)))
-        prefix = pa.scalar("\\x" + self._prefix.hex(), pa.large_string())
-        return pc.binary_join_element_wise(prefix, length_hex, body, pa.scalar("", pa.large_string()))
+            return pa.array(self._feast(list(distinct)), pa.large_binary()).take(pa.array(codes))
+        lengths, data = _bytes_of(values.cast(pa.large_string()))
+        length_le = _fixed(lengths.astype("<u4").view(np.uint8).reshape(-1, 4))
+        return _join(pa.scalar(self._prefix, pa.large_binary()), length_le, _binary(lengths, data))
 
 
-def _iso_utc(column: pa.Array) -> pa.Array:
-    """Times as ISO 8601 text in UTC, as Feast stores them: ``pd.to_datetime`` of the column, naive
-    values being UTC. Formatted once per distinct time (a snapshot has one)."""
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class _Values:
+    """A column's ValueProto bytes, value_text and value_num (NaN and ``valid`` False: NULL)."""
+
+    proto: pa.Array  # large_binary, b"" for a missing value
+    text: pa.Array  # large_string with nulls
+    num: np.ndarray  # float64
+    num_valid: np.ndarray  # bool
+
+
+def _tagged(tag: int, body: pa.Array, valid: np.ndarray) -> pa.Array:
+    """tag + body where valid, else the empty message."""
+    proto = _join(pa.scalar(bytes([tag]), pa.large_binary()), body)
+    return pc.if_else(pa.array(valid), proto, _EMPTY)
+
+
+def _int64_values(column: pa.Array) -> _Values:
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    if column.null_count:  # as Feast reads it: through float64 (NumPy's integers have no missing value)
+        ints = np.where(valid, column.to_numpy(zero_copy_only=False), 0).astype(np.int64)
+    else:
+        ints = column.cast(pa.int64()).to_numpy()
+    text = pc.if_else(
+        pa.array(valid), pc.cast(pa.array(ints), pa.large_string()), pa.scalar(None, pa.large_string())
+    )
+    return _Values(_tagged(_TAG_INT64, _varints(ints), valid), text, ints.astype(np.float64), valid)
+
+
+def _double_values(column: pa.Array) -> _Values:
+    values = pc.fill_null(column, np.nan).to_numpy()
+    valid = ~np.isnan(values)  # Feast's pd.isnull: NaN is missing too
+    body = _fixed(np.ascontiguousarray(values, dtype="<f8").view(np.uint8).reshape(-1, 8))
+    codes, distinct = _distinct(values)
+    text = pa.array([None if np.isnan(x) else str(float(x)) for x in distinct], pa.large_string())
+    return _Values(_tagged(_TAG_DOUBLE, body, valid), text.take(pa.array(codes)), values, valid)
+
+
+def _bool_values(column: pa.Array) -> _Values:
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    truth = pc.fill_null(column, False).to_numpy(zero_copy_only=False)
+    body = _fixed(truth.astype(np.uint8).reshape(-1, 1))
+    words = pa.array(np.where(truth, "True", "False"), pa.large_string())
+    text = pc.if_else(pa.array(valid), words, pa.scalar(None, pa.large_string()))
+    return _Values(_tagged(_TAG_BOOL, body, valid), text, truth.astype(np.float64), valid)
+
+
+def _string_values(column: pa.Array) -> _Values:
+    column = column.cast(pa.large_string())
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    filled = pc.fill_null(column, "")
+    lengths, data = _bytes_of(filled)
+    body = _join(_varints(lengths), _binary(lengths, data))
+    return _Values(
+        _tagged(_TAG_STRING, body, valid), column, np.zeros(len(column)), np.zeros(len(column), bool)
+    )
+
+
+_BULK: dict[ValueType, tuple[Callable[[pa.DataType], bool], Callable[[pa.Array], _Values]]] = {
+    ValueType.INT64: (
+        lambda t: pa.types.is_integer(t) and t.bit_width <= 64 and t != pa.uint64(),
+        _int64_values,
+    ),
+    ValueType.DOUBLE: (pa.types.is_float64, _double_values),
+    ValueType.BOOL: (pa.types.is_boolean, _bool_values),
+    ValueType.STRING: (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), _string_values),
+}
+
+
+def _feast_values(column: pa.Array, value_type: ValueType, value_num: bool) -> _Values:
+    """Feast's own encoders, once per distinct value."""
+    codes, distinct = _distinct(column.to_numpy(zero_copy_only=False))
+    protos = python_values_to_proto_values(distinct, value_type)
+    text_num = [extract_text_and_num(p, value_num) for p in protos]
+    take = pa.array(codes)
+    proto = pa.array([p.SerializeToString() for p in protos], pa.large_binary()).take(take)
+    text = pa.array([t for t, _ in text_num], pa.large_string()).take(take)
+    nums = np.array([np.nan if x is None else x for _, x in text_num], dtype=np.float64)[codes]
+    valid = np.array([x is not None for _, x in text_num], dtype=bool)[codes]
+    return _Values(proto, text, nums, valid)
+
+
+def column_values(column: pa.Array, value_type: ValueType, value_num: bool = False) -> _Values:
+    """Feast's encodings of one feature column: in bulk for the types above, else Feast's encoders."""
+    bulk = _BULK.get(value_type)
+    if bulk is not None and bulk[0](column.type):
+        return bulk[1](column)
+    return _feast_values(column, value_type, value_num)
+
+
+def _timestamp_field(column: pa.Array) -> pa.Array:
+    """Binary timestamptz fields: ``pd.to_datetime`` of the column, naive values being UTC, as Feast
+    stores them."""
     ts = pd.DatetimeIndex(pd.to_datetime(column.to_numpy(zero_copy_only=False)))
     ts = ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
-    encoded = pc.dictionary_encode(pa.array(ts, type=pa.timestamp("us", tz="UTC")))
-    text = pa.array(
-        [None if t is None else t.isoformat() for t in encoded.dictionary.to_pylist()], pa.string()
-    )
-    return text.take(encoded.indices)
+    micros = pa.array(ts, type=pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    valid = micros.is_valid().to_numpy(zero_copy_only=False)
+    body = pc.fill_null(micros, 0).to_numpy() - _PG_EPOCH_US
+    data = _fixed(body.astype(">i8").view(np.uint8).reshape(-1, 8))
+    return _field(pc.if_else(pa.array(valid), data, pa.scalar(None, pa.large_binary())))
+
+
+@dataclass(frozen=True)
+class CopyChunk:
+    """The online rows of a batch of entities, as binary COPY tuples (:meth:`OnlineRows.encode`)."""
+
+    entities: int  # entity rows of the batch
+    data: memoryview  # their online rows (entities x features), entity by entity
 
 
 class OnlineRows:
@@ -169,34 +331,44 @@ class OnlineRows:
     def names(self) -> list[str]:
         return [name for name, _ in self.features]
 
-    def encode(self, batch: pa.RecordBatch) -> pa.Table:
-        """One row per (entity, feature) of ``batch``, entity by entity, in ``self.table.columns``."""
-        n, k = batch.num_rows, len(self.features)
-        keys = self.keys.hex(batch.column(self.join_key))
-        event_ts = _iso_utc(batch.column(self.timestamp_field))
-        created = (
-            _iso_utc(batch.column(self.created_field)) if self.table.created else pa.nulls(n, pa.string())
+    def copy_data(self, batch: pa.RecordBatch | pa.Table) -> memoryview:
+        """Feast's online rows of ``batch`` (one per entity and feature, entity by entity, in
+        ``self.table.columns``) as PostgreSQL binary COPY tuples, without :data:`COPY_HEADER` and
+        :data:`COPY_TRAILER`: the bytes between them of ``COPY ... FROM STDIN (FORMAT binary)``.
+        Text is UTF-8: the session's client_encoding must be UTF8."""
+        n = batch.num_rows
+        if n == 0:
+            return memoryview(b"")
+        column = (
+            batch.column if isinstance(batch, pa.RecordBatch) else lambda c: batch.column(c).combine_chunks()
         )
-        parts = []
+        fields = len(self.table.columns)
+        head = _join(
+            pa.scalar(struct.pack(">h", fields), pa.large_binary()),
+            _field(self.keys.serialized(column(self.join_key))),
+        )
+        created = (
+            _timestamp_field(column(self.created_field)) if self.table.created else _constant_field(None)
+        )
+        tail = _join(_constant_field(None), _timestamp_field(column(self.timestamp_field)), created)
+        rows = []
         for name, value_type in self.features:
-            codes, distinct = _distinct(batch.column(name).to_numpy(zero_copy_only=False))
-            protos = python_values_to_proto_values(distinct, value_type)
-            text_num = [extract_text_and_num(p, self.table.value_num) for p in protos]
-            take = pa.array(codes)
-            columns = {
-                "entity_key": keys,
-                "feature_name": pa.repeat(pa.scalar(name, pa.string()), n),
-                "value": pa.array(["\\x" + p.SerializeToString().hex() for p in protos], pa.string()).take(
-                    take
-                ),
-                "value_text": pa.array([t for t, _ in text_num], pa.string()).take(take),
-            }
-            if self.table.value_num:  # repr: the shortest string that float8 input reads back exactly
-                nums = [None if x is None else repr(x) for _, x in text_num]
-                columns["value_num"] = pa.array(nums, pa.string()).take(take)
-            columns |= {"vector_value": pa.nulls(n, pa.string()), "event_ts": event_ts, "created_ts": created}
-            parts.append(pa.table(columns))
-        rows = pa.concat_tables(parts).combine_chunks()
-        # Entity by entity (a user's rows side by side in the heap, as Feast's writer leaves them).
-        order = np.arange(n * k, dtype=np.int64).reshape(k, n).T.ravel()
-        return rows.take(pa.array(order))
+            values = column_values(column(name), value_type, self.table.value_num)
+            parts = [
+                head,
+                _constant_field(name.encode()),
+                _field(values.proto),
+                _field(values.text.cast(pa.large_binary())),
+            ]
+            if self.table.value_num:
+                parts.append(_float8_field(values.num, values.num_valid))
+            rows.append(_join(*parts, tail))
+        # One byte string per entity holding its rows side by side, as Feast's writer leaves them.
+        entities = _join(*rows)
+        offsets = np.frombuffer(entities.buffers()[1], dtype=np.int64)
+        start, end = offsets[entities.offset], offsets[entities.offset + n]
+        return memoryview(entities.buffers()[2])[start:end]
+
+    def encode(self, batch: pa.RecordBatch | pa.Table) -> CopyChunk:
+        """:meth:`copy_data` of ``batch`` with its entity count."""
+        return CopyChunk(batch.num_rows, self.copy_data(batch))

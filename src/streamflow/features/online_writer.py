@@ -33,7 +33,6 @@ This module and ``offline_store.py`` are the two that reach into Feast's interna
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -41,8 +40,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-import pyarrow as pa
-import pyarrow.csv as pacsv
 from feast import FeatureStore, FeatureView, RepoConfig
 from feast.infra.online_stores.helpers import compute_table_id
 from feast.infra.online_stores.postgres_online_store.postgres import PostgreSQLOnlineStoreConfig
@@ -50,7 +47,7 @@ from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
 from streamflow.features.config import ONLINE_CHANNEL, ONLINE_TRIGGER
-from streamflow.features.online_rows import OnlineRows, OnlineTable
+from streamflow.features.online_rows import COPY_HEADER, COPY_TRAILER, CopyChunk, OnlineRows, OnlineTable
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +59,6 @@ _SWAP_BACKOFF_S = (0.05, 1.0)
 # Session memory for the index builds and the carry-over join (raised, never lowered).
 _MAINTENANCE_WORK_MEM = "512MB"
 _WORK_MEM = "128MB"
-_CSV = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")  # "" stays "", null is NULL
 
 
 def bulk_supported(config: RepoConfig) -> bool:
@@ -88,14 +84,14 @@ def online_tables(
     schema = online_schema(config)
     names = {fv.name: compute_table_id(config.project, fv) for fv in views}
 
-    def columns() -> dict[str, set[str]]:
-        found: dict[str, set[str]] = {n: set() for n in names.values()}
-        for table, column in conn.execute(
-            "SELECT table_name, column_name FROM information_schema.columns"
+    def columns() -> dict[str, dict[str, str]]:
+        found: dict[str, dict[str, str]] = {n: {} for n in names.values()}
+        for table, column, data_type in conn.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns"
             " WHERE table_schema = %s AND table_name = ANY(%s)",
             (schema, list(names.values())),
         ):
-            found[table].add(column)
+            found[table][column] = data_type
         return found
 
     cols = columns()
@@ -107,7 +103,7 @@ def online_tables(
         online_store.update(config, [], missing, [], entities, partial=True)
         cols = columns()
     attach_notifications(conn, schema, list(names.values()))
-    return {
+    tables = {
         fv.name: OnlineTable(
             names[fv.name],
             "value_num" in cols[names[fv.name]],
@@ -115,6 +111,13 @@ def online_tables(
         )
         for fv in views
     }
+    for table in tables.values():  # the binary COPY sends each column in this type
+        found = {c: cols[table.name].get(c) for c in table.column_types}
+        if found != table.column_types:
+            raise RuntimeError(
+                f"online table {schema}.{table.name} has columns {found}, not Feast's {table.column_types}"
+            )
+    return tables
 
 
 def _trigger_sql(schema: str, table: str) -> sql.Composed:
@@ -233,27 +236,26 @@ class _Phases:
 def _copy_rows(
     conn: psycopg.Connection,
     table: sql.Composable,
-    encoder: OnlineRows,
-    batches: Iterable[pa.RecordBatch],
+    columns: list[str],
+    chunks: Iterable[CopyChunk],
     advance: Callable[[int], None],
-) -> tuple[int, int]:
-    """COPY Feast's online rows of ``batches`` into a table created in this transaction (frozen: no
-    hint bits to set later). Returns (entity rows, online rows)."""
-    columns = sql.SQL(", ").join(map(sql.Identifier, encoder.table.columns))
-    statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, FREEZE)").format(table, columns)
-    entities = online = 0
+) -> int:
+    """COPY Feast's online rows (binary) into a table created in this transaction (frozen: no hint
+    bits to set later). Returns the entity rows written."""
+    names = sql.SQL(", ").join(map(sql.Identifier, columns))
+    statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT binary, FREEZE)").format(table, names)
+    conn.execute("SET LOCAL client_encoding = 'UTF8'")  # binary text fields are sent as UTF-8
+    entities = 0
     cur = conn.cursor()
-    # The queued writer sends on a thread of its own while this one reads and encodes the next batch.
+    # The queued writer sends on a thread of its own while this one takes the next chunk.
     with cur.copy(statement, writer=QueuedLibpqWriter(cur)) as copy:
-        for batch in batches:
-            rows = encoder.encode(batch)
-            buf = io.BytesIO()
-            pacsv.write_csv(rows, buf, _CSV)
-            copy.write(buf.getbuffer())
-            entities += batch.num_rows
-            online += rows.num_rows
-            advance(batch.num_rows)
-    return entities, online
+        copy.write(COPY_HEADER)
+        for chunk in chunks:
+            copy.write(chunk.data)
+            entities += chunk.entities
+            advance(chunk.entities)
+        copy.write(COPY_TRAILER)
+    return entities
 
 
 def _carry_over(
@@ -359,13 +361,14 @@ def build(
     conn: psycopg.Connection,
     schema: str,
     encoder: OnlineRows,
-    batches: Iterable[pa.RecordBatch],
+    chunks: Iterable[CopyChunk],
     advance: Callable[[int], None] = lambda n: None,
     status: Callable[[str], None] = lambda s: None,
 ) -> tuple[Replacement | None, int]:
     """Build the complete new online table of one view in the caller's transaction: what the current
-    table would hold after Feast wrote ``batches`` into it. Returns (the replacement, or None when
-    ``batches`` hold no row and the table stays as it is; entity rows written)."""
+    table would hold after Feast wrote the rows of ``chunks`` (``encoder.encode`` of its batches) into it.
+    Returns (the replacement, or None when ``chunks`` hold no row and the table stays as it is; entity
+    rows written)."""
     table = encoder.table
     current = sql.Identifier(schema, table.name)
     phase = _Phases(status)
@@ -376,7 +379,8 @@ def build(
     new = sql.Identifier(schema, new_name)
     conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL EXCLUDING INDEXES)").format(new, current))
     phase("writing")
-    entities, online = _copy_rows(conn, new, encoder, batches, advance)
+    entities = _copy_rows(conn, new, table.columns, chunks, advance)
+    online = entities * len(encoder.features)
     if entities == 0:
         conn.execute(sql.SQL("DROP TABLE {}").format(new))
         return None, 0

@@ -20,7 +20,9 @@ from datetime import date, timedelta
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 from feast import FeatureStore
+from feast.infra.offline_stores.offline_store import RetrievalJob
 from feast.types import Bool, Int64, String
 
 from streamflow import db
@@ -33,7 +35,9 @@ from streamflow.features.definitions import (
     feature_spec,
 )
 from streamflow.features.historical import historical_job, relation
+from streamflow.features.offline_store import record_batches
 from streamflow.features.snapshots import NoSnapshotError, snapshot_dates
+from streamflow.progress import row_progress
 from streamflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -175,6 +179,19 @@ def fingerprint(frame: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
+def _frame(job: RetrievalJob, show_progress: bool, description: str) -> pd.DataFrame:
+    """``job.to_df()``, read in record batches under a progress display of rows and rate."""
+    batches = []
+    with row_progress(show_progress) as progress:
+        task = progress.add_task(description, total=None)
+        for batch in record_batches(job):
+            batches.append(batch)
+            progress.advance(task, batch.num_rows)
+    if not batches:
+        return job.to_df()
+    return pa.Table.from_batches(batches).to_pandas().reset_index(drop=True)
+
+
 def training_set(
     settings: Settings,
     as_of: date,
@@ -182,11 +199,13 @@ def training_set(
     label_horizon: int = 0,
     store: FeatureStore | None = None,
     pins: Mapping[date, int] | None = None,
+    show_progress: bool = False,
 ) -> TrainingSet:
     """Users of the snapshot at ``as_of`` with their features at ``as_of`` and the labels of the snapshot
     ``label_horizon`` months later (users absent from that snapshot are left out).
 
     Each month is read at the revision it serves, or at its revision in ``pins`` (as_of -> revision).
+    ``show_progress``: rows read and their rate, on a terminal.
     """
     t0 = time.perf_counter()
     if label_horizon < 0:
@@ -208,7 +227,7 @@ def training_set(
         # Feast reads the entity query's schema with pandas on a raw psycopg connection.
         warnings.filterwarnings("ignore", message="pandas only supports SQLAlchemy", category=UserWarning)
         job = historical_job(store, _entity_sql(as_of, label_as_of, pinned), service, pinned)
-        frame = normalise(job.to_df(), service)
+        frame = normalise(_frame(job, show_progress, f"training set {as_of.isoformat()}"), service)
     return TrainingSet(
         frame=frame,
         as_of=as_of,

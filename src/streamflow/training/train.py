@@ -187,7 +187,9 @@ def build_model(
     settings = settings or get_settings()
     seed = settings.seed if seed is None else seed
     spec = feature_spec(feature_service)
-    data = training_set(settings, as_of, feature_service, label_horizon, pins=pins)
+    data = training_set(
+        settings, as_of, feature_service, label_horizon, pins=pins, show_progress=show_progress
+    )
     trained = fit_and_convert(data.frame, spec, model_type, seed, settings, show_progress=show_progress)
     files = artifact_files(trained, data.frame, spec)
     return Built(data, spec, model_type, seed, label_horizon, trained, files)
