@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 from feast import FeatureStore
 
+from streamflow import db
+from streamflow.data import revisions
 from streamflow.features.apply import apply
 from streamflow.features.config import feature_store
 from streamflow.features.definitions import feature_spec
@@ -47,8 +49,12 @@ def test_available_as_of(stack_settings: Settings) -> None:
     assert available_as_of(stack_settings) == [JAN, FEB]
 
 
-def test_training_set_at_january(jan: TrainingSet, months: Months) -> None:
+def test_training_set_at_january(jan: TrainingSet, months: Months, stack_settings: Settings) -> None:
     df = jan.frame
+    # The revision serving January (test_feature_store re-ingests it when it runs first).
+    with db.database(stack_settings).connection() as conn:
+        served = revisions.current_revision(conn, JAN)
+    assert served is not None
     rows, positives = months.users("2024-01-31"), months.positives("2024-01-31")
     assert (jan.rows, jan.positives) == (rows, positives)
     assert list(df.columns) == ["user_id", "event_timestamp", *feature_spec().names, "churn_label"]
@@ -65,7 +71,7 @@ def test_training_set_at_january(jan: TrainingSet, months: Months) -> None:
         "positives": positives,
         "features": list(feature_spec().names),
         "fingerprint": None,
-        "revisions": {"2024-01-31": 1},  # the month read (no earlier month in the feature window)
+        "revisions": {"2024-01-31": served.revision},  # the month read (none earlier in the window)
     }
     # Every value is January's export: nothing from February leaked in.
     want = csv_month(months, "2024-01-31")
