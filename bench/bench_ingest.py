@@ -3,8 +3,9 @@
 Run: .venv/bin/python bench/bench_ingest.py [--users 1000000] [--real ../shared/data/seeds/month_000]
 
 Uses a throwaway database on the embedded server (or STREAMFLOW_DATABASE_URL's server), dropped after.
-Each repeat is a real load: the same files as of another day (``force``), so none is the no-op of an
-unchanged month. Per data set it prints medians of --repeat runs, side by side:
+Each repeat is a real load: the same files as of a later day (``force``), so none is the no-op of an
+unchanged month (an earlier day could precede a signup date). Per data set it prints medians of
+--repeat runs, side by side:
 
 - ingest: ``ingest_month`` (validate while COPYing into a fresh revision table per file, build the
   keys, ANALYZE, attach, log; one transaction);
@@ -118,7 +119,7 @@ def measure(label: str, month: Path, as_of: date, repeat: int) -> None:
         }
         try:
             for k in range(repeat):
-                day = as_of - timedelta(days=k)
+                day = as_of + timedelta(days=k)
                 runs["ingest"].append(ingest_month(month, day, settings, force=True).seconds)
                 runs["validate only"].append(validate_only_seconds(month, day))
                 runs["raw COPY"].append(raw_copy_seconds(settings, month))
