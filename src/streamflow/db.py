@@ -154,14 +154,6 @@ def ensure_database(t: PgTarget, settings: Settings | None = None) -> None:
             pass
 
 
-def server_target(settings: Settings | None = None) -> PgTarget:
-    """The server StreamFlow uses (external or embedded), pointing at its ``postgres`` database."""
-    settings = settings or get_settings()
-    if settings.database_url:
-        return PgTarget.from_url(settings.database_url).with_db("postgres")
-    return start_embedded(settings)
-
-
 def target(settings: Settings | None = None) -> PgTarget:
     """The StreamFlow database, created on first use."""
     settings = settings or get_settings()
