@@ -12,8 +12,9 @@ from streamflow.features.apply import apply
 from streamflow.features.config import feature_store
 from streamflow.features.definitions import feature_spec
 from streamflow.features.snapshots import NoSnapshotError
+from streamflow.months import add_months
 from streamflow.settings import Settings
-from streamflow.training.dataset import TrainingSet, add_months, available_as_of, training_set
+from streamflow.training.dataset import TrainingSet, available_as_of, training_set
 from tests.conftest import MONTHS
 
 JAN, FEB = date(2024, 1, 31), date(2024, 2, 29)
