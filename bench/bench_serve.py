@@ -26,7 +26,6 @@ CPU µs per request (from /proc) is less sensitive to other jobs than req/s.
 from __future__ import annotations
 
 import argparse
-import calendar
 import contextlib
 import json
 import os
@@ -43,6 +42,8 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+
+from streamflow.months import add_months
 
 HERE = Path(__file__).resolve().parent
 SEEDS = HERE.parents[1] / "shared/data/seeds"
@@ -61,12 +62,6 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------- setup
 
 
-def _month_end(first: date, k: int) -> date:
-    y, m = divmod(first.month - 1 + k, 12)
-    year, month = first.year + y, m + 1
-    return date(year, month, calendar.monthrange(year, month)[1])
-
-
 def build_stack(settings, work: Path) -> int:
     """Ingest, apply, materialize, train, promote. Returns the production version."""
     from streamflow.data.generate import generate_months
@@ -78,7 +73,7 @@ def build_stack(settings, work: Path) -> int:
 
     months = sorted(p for p in SEEDS.glob("month_*") if p.is_dir()) if SEEDS.is_dir() else []
     if months:
-        pairs = [(m, _month_end(TRAIN_AS_OF, k)) for k, m in enumerate(months)]
+        pairs = [(m, add_months(TRAIN_AS_OF, k)) for k, m in enumerate(months)]
         log(f"ingesting {len(pairs)} real months from {SEEDS}")
     else:
         log("no seeds: generating 2 months of 7,043 users")

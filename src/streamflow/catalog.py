@@ -1,9 +1,9 @@
 """Names the CLI checks before any heavy import: importing Feast costs ~5 s here and scikit-learn ~2 s,
 while a mistyped ``--model`` must be rejected at once.
 
-These are copies of the package's own lists (``training.models.MODEL_TYPES``, the FeatureServices
-of ``features.definitions``, ``features.config.PROJECT``); ``tests/unit/test_catalog.py`` fails the
-moment they disagree. Nothing here imports anything.
+``MODEL_TYPES`` is the one list (``training.models`` uses it); the others are copies of the package's
+own (the FeatureServices of ``features.definitions``, ``features.config.PROJECT``), and
+``tests/unit/test_catalog.py`` fails the moment they disagree. Nothing here imports anything.
 """
 
 from __future__ import annotations

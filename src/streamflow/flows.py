@@ -19,6 +19,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.context import TaskRunContext
 
+from streamflow.months import last_month_end
 from streamflow.settings import get_settings
 
 
@@ -156,10 +157,6 @@ def train_flow(
 @flow(name="promote")
 def promote_flow(version: int | None = None, force: bool = False) -> dict[str, Any]:
     return promote_task(version, force)
-
-
-def last_month_end(today: date) -> date:
-    return today.replace(day=1) - timedelta(days=1)
 
 
 @flow(name="monthly_pipeline")

@@ -249,11 +249,12 @@ def cli(monitored: TrainedStack, monkeypatch: pytest.MonkeyPatch) -> Callable[..
     """Run `streamflow ...` in-process on the test stack."""
     from typer.testing import CliRunner
 
-    from streamflow import cli as module
+    from streamflow.cli import app, monitoring, root
 
     def run(*args: str, settings: Settings | None = None) -> Result:
-        monkeypatch.setattr(module, "get_settings", lambda: settings or monitored.settings)
-        return CliRunner().invoke(module.app, list(args))
+        for module in (root, monitoring):
+            monkeypatch.setattr(module, "get_settings", lambda: settings or monitored.settings)
+        return CliRunner().invoke(app, list(args))
 
     return run
 

@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from streamflow.training.dataset import add_months
+from streamflow.months import add_months
 
 
 @pytest.mark.parametrize(

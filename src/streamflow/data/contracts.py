@@ -99,7 +99,8 @@ SUPPORT = FileContract(
         Col("ticket_avg_resolution_hrs_90d", Kind.FLOAT, min=0, max=2160),  # 90 days in hours
     ),
 )
-LABELS = FileContract("labels", (USER_ID, Col("churn_label", Kind.BOOL)))
+LABEL_COLUMN = "churn_label"  # labels.csv's column: whether the user churned
+LABELS = FileContract("labels", (USER_ID, Col(LABEL_COLUMN, Kind.BOOL)))
 
 CONTRACTS: tuple[FileContract, ...] = (USERS, SUBSCRIPTIONS, USAGE, PAYMENTS, SUPPORT, LABELS)
 """Every file of a month, in the order they are read. USERS comes first: every other file's user ids

@@ -14,9 +14,8 @@ produce byte-identical files.
 
 from __future__ import annotations
 
-import calendar
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from streamflow.data.contracts import (
     CONTRACT_TYPES,
     GENDERS,
+    LABEL_COLUMN,
     LABELS,
     NET_SERVICES,
     PAYMENTS,
@@ -38,8 +38,9 @@ from streamflow.data.contracts import (
     USERS,
     FileContract,
 )
+from streamflow.months import add_months, is_month_end, month_end
 
-__all__ = ["as_of_dates", "generate_months", "month_end"]
+__all__ = ["as_of_dates", "generate_months"]
 
 # Category codes index into the contract's category tuples.
 M2M, ONE_YEAR, TWO_YEAR = range(3)
@@ -64,24 +65,16 @@ class _Drift:
     churn_rate: float
 
 
-def month_end(year: int, month: int) -> date:
-    return date(year, month, calendar.monthrange(year, month)[1])
-
-
 def as_of_dates(start: date, months: int) -> list[date]:
     """The snapshot dates: ``start`` (a month end) and the next ``months - 1`` month ends."""
-    if (start + timedelta(days=1)).day != 1:
+    if not is_month_end(start):
         raise ValueError(
             f"start must be the last day of a month (e.g. 2024-01-31), got {start.isoformat()}; "
             f"the month end of that month is {month_end(start.year, start.month).isoformat()}"
         )
     if months < 1:
         raise ValueError(f"months must be at least 1, got {months}")
-    out = []
-    for k in range(months):
-        index = start.year * 12 + start.month - 1 + k
-        out.append(month_end(index // 12, index % 12 + 1))
-    return out
+    return [add_months(start, k) for k in range(months)]
 
 
 def generate_months(
@@ -438,7 +431,7 @@ def _tables(pop: pd.DataFrame) -> list[tuple[FileContract, pa.Table]]:
                 "ticket_avg_resolution_hrs_90d": _fixed_point(pop["resolution_tenths"].to_numpy(), 1),
             },
         ),
-        (LABELS, {"churn_label": _bools(pop["churn"].to_numpy())}),
+        (LABELS, {LABEL_COLUMN: _bools(pop["churn"].to_numpy())}),
     ]
     return [(contract, pa.table({"user_id": uid, **columns})) for contract, columns in tables]
 

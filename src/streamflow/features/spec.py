@@ -5,6 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# A categorical value the producer left empty. Not a real category, so an unseen one: the one-hot
+# encoder ignores it (all zeros). Same sentinel in the ONNX fast path, which cannot take None, and
+# in the drift report, where a null is a category of its own.
+MISSING_CATEGORY = "__missing__"
+
 
 @dataclass(frozen=True)
 class FeatureSpec:

@@ -33,15 +33,15 @@ import numpy as np
 import pandas as pd
 
 from streamflow import db
+from streamflow.data.contracts import LABEL_COLUMN
 from streamflow.features.definitions import DEFAULT_FEATURE_SERVICE, feature_spec
+from streamflow.features.spec import MISSING_CATEGORY
 from streamflow.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MISSING = "__missing__"  # a null categorical/boolean value: a category of its own, not dropped
 TARGET_METHOD = "z"  # two-proportion z-test on the churn label
 PREDICTION_COLUMN = "probability"
-TARGET_COLUMN = "churn_label"
 # Evidently methods whose score is a p-value (drift when score < threshold); the others are distances.
 _P_VALUE_METHODS = {
     "ks",
@@ -137,7 +137,7 @@ def _evidently_frame(features: pd.DataFrame, numeric: list[str], categorical: li
         out[name] = pd.to_numeric(features[name]).astype("float64")
     for name in categorical:
         column = features[name].astype(object)
-        out[name] = column.where(column.notna(), MISSING).astype(str)
+        out[name] = column.where(column.notna(), MISSING_CATEGORY).astype(str)
     return out
 
 
@@ -148,12 +148,12 @@ def _labels(settings: Settings, as_of: date, pins: Mapping[date, int] | None = N
     pinned = {d: r for d, r in (pins or {}).items() if d == as_of}
     with db.connect(db.target(settings), settings) as conn:
         rows = conn.execute(
-            f"SELECT l.user_id, l.churn_label::int FROM {relation('labels', pinned)} l"
+            f"SELECT l.user_id, l.{LABEL_COLUMN}::int FROM {relation('labels', pinned)} l"
             f" JOIN {relation('user_snapshots', pinned)} s ON s.user_id = l.user_id AND s.as_of = l.as_of"
             " WHERE l.as_of = %s",
             (as_of,),
         ).fetchall()
-    return pd.DataFrame(rows, columns=["user_id", TARGET_COLUMN])
+    return pd.DataFrame(rows, columns=["user_id", LABEL_COLUMN])
 
 
 def _is_p_value(method: str) -> bool:
@@ -265,18 +265,18 @@ def drift_report(
 
     definition = DataDefinition(
         numerical_columns=[*numeric, *([PREDICTION_COLUMN] if model else [])],
-        categorical_columns=[*categorical, *([TARGET_COLUMN] if labelled else [])],
+        categorical_columns=[*categorical, *([LABEL_COLUMN] if labelled else [])],
     )
     metrics: list[Any] = [
         DataDriftPreset(columns=[*spec.names], num_method=num_method, cat_method=cat_method)
     ]
     if labelled:
         metrics.append(
-            ValueDrift(column=TARGET_COLUMN, method=TARGET_METHOD, threshold=settings.target_drift_alpha)
+            ValueDrift(column=LABEL_COLUMN, method=TARGET_METHOD, threshold=settings.target_drift_alpha)
         )
     if model is not None:
         metrics.append(ValueDrift(column=PREDICTION_COLUMN))
-    columns = [*spec.names, *([TARGET_COLUMN] if labelled else []), *([PREDICTION_COLUMN] if model else [])]
+    columns = [*spec.names, *([LABEL_COLUMN] if labelled else []), *([PREDICTION_COLUMN] if model else [])]
     with warnings.catch_warnings():
         # A constant column (avg_session_mins_7d) makes numpy warn inside Evidently's correlations.
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -304,8 +304,8 @@ def drift_report(
 
     target = None
     if labelled:
-        ref_y, cur_y = (data[d][TARGET_COLUMN].dropna() for d in (reference, current))
-        method, p_value, alpha, target_drifted = by_column[TARGET_COLUMN]
+        ref_y, cur_y = (data[d][LABEL_COLUMN].dropna() for d in (reference, current))
+        method, p_value, alpha, target_drifted = by_column[LABEL_COLUMN]
         target = TargetDrift(
             reference_rate=float(ref_y.mean()),
             current_rate=float(cur_y.mean()),

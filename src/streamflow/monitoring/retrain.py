@@ -31,7 +31,6 @@ from streamflow.settings import Settings
 log = logging.getLogger(__name__)
 
 FEATURE_DRIFT, TARGET_DRIFT, HOLDOUT_AUC = "feature_drift", "target_drift", "holdout_auc"  # triggers
-HOLDOUT_FRACTION = 0.25  # train_model's split; a version's own value is read from its run params
 
 
 class LeakageError(AssertionError):
@@ -126,7 +125,7 @@ def training_users(settings: Settings, version: int) -> frozenset[str]:
     client = mlflow.MlflowClient()
     params = client.get_run(client.get_model_version(settings.model_name, str(version)).run_id).data.params
     users = _users(settings, date.fromisoformat(params["as_of"]), date.fromisoformat(params["label_as_of"]))
-    held_out = holdout_mask(users, float(params.get("holdout_fraction", HOLDOUT_FRACTION)))
+    held_out = holdout_mask(users, float(params.get("holdout_fraction", settings.holdout_fraction)))
     return frozenset(u for u, h in zip(users, held_out, strict=True) if not h)
 
 
@@ -136,7 +135,7 @@ def gate_split(settings: Settings, as_of: date, versions: list[int]) -> GateSpli
     from streamflow.training.models import holdout_mask
 
     users = _users(settings, as_of, as_of)
-    held_out = holdout_mask(users, HOLDOUT_FRACTION)
+    held_out = holdout_mask(users, settings.holdout_fraction)  # train_model's split
     return GateSplit(
         as_of,
         frozenset(u for u, h in zip(users, held_out, strict=True) if h),

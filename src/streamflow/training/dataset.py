@@ -8,7 +8,6 @@ fingerprint, so two builds of the same data are byte-for-byte the same training 
 
 from __future__ import annotations
 
-import calendar
 import hashlib
 import json
 import logging
@@ -27,6 +26,7 @@ from feast.types import Bool, Int64, String
 
 from streamflow import db
 from streamflow.data import revisions
+from streamflow.data.contracts import LABEL_COLUMN
 from streamflow.features.config import feature_store
 from streamflow.features.definitions import (
     DEFAULT_FEATURE_SERVICE,
@@ -37,12 +37,13 @@ from streamflow.features.definitions import (
 from streamflow.features.historical import historical_job, relation
 from streamflow.features.offline_store import record_batches
 from streamflow.features.snapshots import NoSnapshotError, snapshot_dates
+from streamflow.months import add_months, months_between
 from streamflow.progress import row_progress
 from streamflow.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LABEL = "churn_label"
+LABEL = LABEL_COLUMN  # the training frame keeps the export's name
 ENTITY_TS = "event_timestamp"
 
 
@@ -74,7 +75,7 @@ class TrainingSet:
         return {
             "as_of": self.as_of.isoformat(),
             "label_as_of": self.label_as_of.isoformat(),
-            "label_horizon_months": _months_between(self.as_of, self.label_as_of),
+            "label_horizon_months": months_between(self.as_of, self.label_as_of),
             "service": self.service,
             "rows": self.rows,
             "positives": self.positives,
@@ -95,23 +96,10 @@ def available_as_of(settings: Settings) -> list[date]:
     return sorted(set(snapshot_dates(settings)) & set(label_dates(settings)))
 
 
-def add_months(d: date, months: int) -> date:
-    """``d`` plus ``months`` calendar months; a month end stays a month end (2024-01-31 -> 2024-02-29)."""
-    y, m = divmod(d.month - 1 + months, 12)
-    year, month = d.year + y, m + 1
-    last = calendar.monthrange(year, month)[1]
-    month_end = d.day == calendar.monthrange(d.year, d.month)[1]
-    return date(year, month, last if month_end else min(d.day, last))
-
-
-def _months_between(a: date, b: date) -> int:
-    return (b.year - a.year) * 12 + b.month - a.month
-
-
 def _entity_sql(as_of: date, label_as_of: date, pins: Mapping[date, int]) -> str:
     # Literal dates (ISO from date objects: nothing to inject), as Feast runs the SQL text itself.
     return (
-        f"SELECT s.user_id, s.as_of_ts AS {ENTITY_TS}, l.churn_label::int AS {LABEL}"
+        f"SELECT s.user_id, s.as_of_ts AS {ENTITY_TS}, l.{LABEL_COLUMN}::int AS {LABEL}"
         f" FROM {relation('user_snapshots', pins)} s JOIN {relation('labels', pins)} l"
         f" ON l.user_id = s.user_id AND l.as_of = DATE '{label_as_of.isoformat()}'"
         f" WHERE s.as_of = DATE '{as_of.isoformat()}'"

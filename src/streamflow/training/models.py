@@ -54,14 +54,11 @@ from sklearn.model_selection import (
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, PowerTransformer
 
+from streamflow.catalog import MODEL_TYPES
+from streamflow.features.spec import MISSING_CATEGORY
+
 if TYPE_CHECKING:  # Feast is slow to import; the model code only needs the spec's column groups.
     from streamflow.features.definitions import FeatureSpec
-
-MODEL_TYPES: tuple[str, ...] = ("baseline", "gbm", "logreg")
-
-# A categorical value the producer left empty. Not a real category, so an unseen one: the one-hot
-# encoder ignores it (all zeros). Same sentinel in the ONNX fast path, which cannot take None.
-MISSING_CATEGORY = "__missing__"
 
 # Boolean columns hold True/False/None (None = no internet, hence no streaming plan).
 _BOOL_TO_FLOAT: dict[Any, float] = {True: 1.0, False: 0.0}

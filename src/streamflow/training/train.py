@@ -289,7 +289,7 @@ def register_model(built: Built, settings: Settings) -> TrainResult:
                     "label_as_of": data.label_as_of.isoformat(),
                 }
             ),
-            targets="churn_label",
+            targets=LABEL,
             name=f"training_set_{as_of.isoformat()}",
             digest=data.fingerprint[:36],
         )
@@ -371,7 +371,7 @@ def scores_on_holdout(version: int, as_of: date, settings: Settings) -> dict[str
     data = training_set(settings, as_of, service)
     holdout = holdout_mask(data.frame["user_id"], settings.holdout_fraction)
     features = data.frame[list(spec.names)][holdout]
-    y = data.frame["churn_label"].to_numpy(dtype=int)[holdout]
+    y = data.frame[LABEL].to_numpy(dtype=int)[holdout]
     pipeline = mlflow.sklearn.load_model(f"models:/{settings.model_name}/{version}")
     fitted = FittedModel(pipeline, float(mv.tags["threshold"]), params={}, cv_score=float("nan"), spec=spec)
     return evaluate(fitted, features, y)
